@@ -1,0 +1,1 @@
+"""The agent: CLI, sources, signal pipeline, runtime, MQTT."""

@@ -1,0 +1,125 @@
+"""Start a throw-away local MQTT broker: mosquitto when installed, else the embedded amqtt.
+
+Used by `run` when no --mqtt URL is given, and by the tests (which always want mosquitto).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BrokerError(f"broker did not start listening on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+class LocalBroker:
+    """A broker on 127.0.0.1:<free port>; `url` says where. Use as a context manager."""
+
+    def __init__(self, prefer: str = "auto", port: int | None = None, extra_config: str = "") -> None:
+        if prefer not in ("auto", "mosquitto", "amqtt"):
+            raise ValueError(f"unknown broker {prefer!r}")
+        self.port = port or free_port()
+        self.kind = "mosquitto" if prefer == "mosquitto" or (prefer == "auto" and mosquitto_binary()) else "amqtt"
+        self.extra_config = extra_config
+        self._proc: subprocess.Popen | None = None
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._amqtt = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalBroker:
+        if self.kind == "mosquitto":
+            self._start_mosquitto()
+        else:
+            self._start_amqtt()
+        wait_for_port(self.port)
+        return self
+
+    def _start_mosquitto(self) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        self._dir = tempfile.TemporaryDirectory(prefix="l2mu-mosquitto-")
+        conf = Path(self._dir.name) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"log_dest stderr\nlog_type error\nlog_type warning\n{self.extra_config}"
+        )
+        self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def _start_amqtt(self) -> None:
+        from amqtt.broker import Broker
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        started = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._amqtt = Broker(config, loop=self._loop)
+            self._loop.run_until_complete(self._amqtt.start())
+            started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="amqtt-broker", daemon=True)
+        self._thread.start()
+        if not started.wait(10):
+            raise BrokerError("embedded amqtt broker did not start")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            self._proc = None
+        if self._loop is not None and self._amqtt is not None:
+            asyncio.run_coroutine_threadsafe(self._amqtt.shutdown(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
+    )

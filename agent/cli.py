@@ -1,0 +1,280 @@
+"""`l2mu-agent`: train, evaluate and export L2MU models, and run the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from l2mu.agent.broker import BrokerError
+from l2mu.agent.mqtt import MqttError
+from l2mu.agent.recording import RecordingError
+from l2mu.agent.sources import SourceError
+from l2mu.model.metadata import ModelFileError
+from l2mu.model.wisdm import DatasetError
+
+app = typer.Typer(
+    help="Smartwatch hand-activity recognition with a spiking L2MU network, published over MQTT.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+KNOWN_ERRORS = (DatasetError, ModelFileError, RecordingError, SourceError, MqttError, BrokerError, ValueError)
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Expected failures end the command with one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KNOWN_ERRORS as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def parse_subjects(values: list[str] | None) -> list[int] | None:
+    """--subjects 1600,1601 or --subjects 1600 --subjects 1601."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in v.replace(" ", ",").split(","):
+            if part:
+                try:
+                    out.append(int(part))
+                except ValueError:
+                    raise ValueError(f"--subjects: {part!r} is not a subject number") from None
+    return out
+
+
+SubjectsOpt = Annotated[
+    list[str] | None, typer.Option("--subjects", help="Subject ids, comma-separated or repeated.")
+]
+
+
+@app.command()
+@one_line_errors
+def train(
+    data: Annotated[Path, typer.Option(help="WISDM-2019 directory (contains raw/watch/).")],
+    out: Annotated[Path, typer.Option(help="Output directory for checkpoint, report and plots.")],
+    epochs: Annotated[int, typer.Option(min=1)] = 40,
+    subjects: SubjectsOpt = None,
+    val_subjects: Annotated[
+        list[str] | None, typer.Option("--val-subjects", help="Validation subjects (default: the fixed split).")
+    ] = None,
+    classes: Annotated[str, typer.Option(help="hand7 or hand8 (hand7 + other).")] = "hand7",
+    sensors: Annotated[str, typer.Option(help="acc-gyro or acc.")] = "acc-gyro",
+    neuron: Annotated[str, typer.Option(help="leaky (LIF) or synaptic (current-based LIF).")] = "leaky",
+    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (quick runs).")] = None,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without validation gain before stopping.")] = 12,
+) -> None:
+    """Train an L2MU on WISDM-2019 watch data, split by subject; writes checkpoint.pt, report.json, PNGs."""
+    from l2mu.model.train import CLASS_SETS, SENSOR_SETS, TrainConfig
+    from l2mu.model.train import train as run_training
+
+    if classes not in CLASS_SETS:
+        raise ValueError(f"--classes must be one of {', '.join(CLASS_SETS)}")
+    if sensors not in SENSOR_SETS:
+        raise ValueError(f"--sensors must be one of {', '.join(SENSOR_SETS)}")
+    if neuron not in ("leaky", "synaptic"):
+        raise ValueError("--neuron must be leaky or synaptic")
+    cfg = TrainConfig(
+        data=data, out=out, classes=classes, sensors=sensors, neuron=neuron, epochs=epochs, seed=seed,
+        batch_size=batch_size, subjects=parse_subjects(subjects), val_subjects=parse_subjects(val_subjects),
+        max_steps_per_epoch=max_steps_per_epoch, patience=patience,
+    )
+    report = run_training(cfg, progress=sys.stderr.isatty())
+    val = report["validation"]
+    typer.echo(
+        f"best epoch {report['best_epoch']}: validation accuracy {val.get('accuracy', float('nan')):.3f}, "
+        f"macro-F1 {val.get('macro_f1', float('nan')):.3f} on subjects {report['subjects']['validation_subjects']}"
+        f" ({report['seconds']} s); wrote {out / 'checkpoint.pt'}"
+    )
+
+
+@app.command()
+@one_line_errors
+def evaluate(
+    data: Annotated[Path, typer.Option(help="WISDM-2019 directory (contains raw/watch/).")],
+    model: Annotated[str | None, typer.Option(help="Bundled model name, .pte program or .pt checkpoint.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    subjects: SubjectsOpt = None,
+    hop: Annotated[
+        int | None, typer.Option(min=1, help="Samples between windows (default: the window length, no overlap).")
+    ] = None,
+) -> None:
+    """Window accuracy, macro-F1, per-class scores and confusion of a model on WISDM subjects."""
+    import numpy as np
+
+    from l2mu.model.evaluate import evaluate_windows
+    from l2mu.model.wisdm import watch_dir
+
+    watch_dir(data)  # a wrong --data is reported before any model is loaded
+    if model and model.endswith(".pt"):
+        import torch
+
+        from l2mu.model.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(Path(model))
+        meta = ckpt.metadata
+
+        def counts_fn(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return ckpt.model(torch.from_numpy(x)).numpy()
+    else:
+        from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
+
+        clf = ExecuTorchClassifier(resolve_model(model))
+        meta = clf.meta
+
+        def counts_fn(x: np.ndarray) -> np.ndarray:
+            return np.stack([clf.counts(w) for w in x])
+
+    result = evaluate_windows(data, meta, counts_fn, parse_subjects(subjects), hop=hop)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"model {result['model']}: {result['n_windows']} windows from {result['n_subjects']} subjects")
+    typer.echo(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
+    for name, m in result["per_class"].items():
+        typer.echo(f"  {name:<10} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
+
+
+@app.command()
+@one_line_errors
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Trained checkpoint.pt from `train`.")],
+    out: Annotated[Path, typer.Option(help="Program to write (FILE.pte; FILE.json is written beside it).")],
+) -> None:
+    """Export a checkpoint to an ExecuTorch program (XNNPACK) with `forward` and `step` methods."""
+    from l2mu.export.executorch_export import export_program
+    from l2mu.model.checkpoint import load_checkpoint
+
+    if out.suffix != ".pte":
+        raise ValueError(f"--out {out}: the program file must end in .pte")
+    meta = export_program(load_checkpoint(checkpoint), out)
+    typer.echo(f"wrote {out} ({out.stat().st_size} bytes) and {out.with_suffix('.json').name}: {meta.name}, "
+               f"classes {','.join(meta.classes)}, sensors {'+'.join(meta.sensors)}")
+
+
+@app.command()
+@one_line_errors
+def models() -> None:
+    """List the bundled models."""
+    from l2mu.agent.runtime import DEFAULT_MODEL, bundled_dir, bundled_models
+    from l2mu.model.metadata import read_metadata
+
+    for name in bundled_models():
+        path = bundled_dir() / f"{name}.pte"
+        meta = read_metadata(path)
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        typer.echo(f"{name}{mark}: {len(meta.classes)} classes [{', '.join(meta.class_names)}], "
+                   f"sensors {'+'.join(meta.sensors)}, {path.stat().st_size} bytes")
+
+
+@app.command("wisdm-recording")
+@one_line_errors
+def wisdm_recording(
+    data: Annotated[Path, typer.Option(help="WISDM-2019 directory (contains raw/watch/).")],
+    subject: Annotated[int, typer.Option(help="Subject id.")],
+    out: Annotated[Path, typer.Option(help="Recording to write (.csv or .csv.gz).")],
+    activities: Annotated[str, typer.Option(help="Activity codes in playing order.")] = "FGOPQRS",
+    seconds: Annotated[float, typer.Option(help="Seconds of each activity.", min=1)] = 30.0,
+) -> None:
+    """Turn one WISDM subject's raw watch samples into a labelled recording that `run --watch replay:` plays."""
+    from l2mu.agent.recording import recording_from_wisdm, write_recording
+
+    n = write_recording(out, recording_from_wisdm(data, subject, activities.replace(",", ""), seconds))
+    typer.echo(f"wrote {out}: {n} samples")
+
+
+def default_agent_id() -> str:
+    from l2mu.agent.sources import topic_safe
+
+    return topic_safe(socket.gethostname())
+
+
+@app.command()
+@one_line_errors
+def run(
+    watch: Annotated[
+        list[str], typer.Option(help="BLE address, 'demo' or 'replay:FILE'; repeat for several watches.")
+    ],
+    mqtt: Annotated[
+        str | None, typer.Option(help="Broker URL (mqtt://host:port). Default: start a local broker.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Bundled model name or path to a .pte.")] = None,
+    speed: Annotated[float, typer.Option(help="Replay speed factor (0 = as fast as possible).")] = 1.0,
+    agent_id: Annotated[str | None, typer.Option(help="Id in har/status/<agent_id> (default: hostname).")] = None,
+    topic_prefix: Annotated[str, typer.Option(help="First topic level.")] = "har",
+    decision_period: Annotated[float, typer.Option(help="Seconds between decisions.", min=0.05)] = 1.0,
+    echo: Annotated[
+        bool | None, typer.Option(help="Print each message received on <prefix>/activity/#. Default: on "
+                                        "when the agent starts its own broker.")
+    ] = None,
+    broker: Annotated[str, typer.Option(help="Local broker when --mqtt is not given: auto, mosquitto, amqtt.")]
+    = "auto",
+) -> None:
+    """Recognise activities from watches (or recordings) and publish them over MQTT."""
+    from l2mu.agent.broker import LocalBroker
+    from l2mu.agent.daemon import Agent
+    from l2mu.agent.echo import EchoSubscriber
+    from l2mu.agent.mqtt import MqttPublisher
+    from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
+    from l2mu.agent.sources import parse_source
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Until the main loop takes over SIGTERM, treat it like Ctrl-C so start-up is interruptible cleanly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sources = [parse_source(spec, speed) for spec in watch]
+    if len({s.watch_id for s in sources}) != len(sources):
+        raise ValueError("two --watch sources have the same watch id")
+    classifier = ExecuTorchClassifier(resolve_model(model))
+    local = None
+    if mqtt is None:
+        local = LocalBroker(prefer=broker).start()
+        mqtt = local.url
+        typer.echo(f"started a local {local.kind} broker at {mqtt}", err=True)
+    echo = local is not None if echo is None else echo
+    publisher = MqttPublisher(mqtt, agent_id or default_agent_id(), prefix=topic_prefix)
+    truths: dict[tuple[str, int], str] = {}
+    agent = Agent(sources, classifier, publisher, decision_period,
+                  on_decision=lambda p, truth: truths.__setitem__((p["watch"], p["seq"]), truth))
+    subscriber = EchoSubscriber(mqtt, topic_prefix, truths) if echo else None
+    try:
+        if subscriber:
+            subscriber.start()
+        publisher.connect()
+        asyncio.run(agent.run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        publisher.close()
+        if subscriber:
+            subscriber.stop()
+        if local:
+            local.stop()
+    for s in agent.sessions:
+        line = f"{s.source.watch_id}: {s.seq} decisions"
+        if s.labelled:
+            line += f", {s.correct}/{s.labelled} match the recording's label ({s.correct / s.labelled:.1%})"
+        typer.echo(line, err=True)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,141 @@
+"""The agent's main loop: every watch's samples → pipeline → model → decision → MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from l2mu.agent.mqtt import MqttPublisher
+from l2mu.agent.pipeline import StreamAligner, Windower, normalise
+from l2mu.agent.recording import SensorSample
+from l2mu.agent.runtime import ExecuTorchClassifier
+from l2mu.agent.sources import ReplaySource, SourceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WatchSession:
+    """One watch's pipeline state and its decision counter (`seq` never skips)."""
+
+    source: ReplaySource
+    aligner: StreamAligner
+    windower: Windower
+    seq: int = 0
+    wall0: float | None = None
+    t0: float = 0.0
+    recent_labels: deque = field(default_factory=lambda: deque(maxlen=400))
+    truth_by_seq: dict[int, str] = field(default_factory=dict)
+    correct: int = 0
+    labelled: int = 0
+
+    def unix_time(self, t: float) -> float:
+        # Map the watch clock onto wall time, anchored at the first sample, scaled by replay speed.
+        speed = self.source.speed or 1.0
+        assert self.wall0 is not None
+        return self.wall0 + (t - self.t0) / speed
+
+
+def build_payload(session: WatchSession, clf: ExecuTorchClassifier, window, decision) -> dict:  # noqa: ANN001
+    meta = clf.meta
+    return {
+        "watch": session.source.watch_id,
+        "activity": meta.class_names[decision.index],
+        "activity_code": meta.classes[decision.index],
+        "confidence": round(decision.confidence, 4),
+        "scores": {n: round(float(p), 4) for n, p in zip(meta.class_names, decision.probabilities, strict=True)},
+        "window_start": round(session.unix_time(window.t_start), 3),
+        "window_end": round(session.unix_time(window.t_end), 3),
+        "model": meta.name,
+        "seq": session.seq,
+    }
+
+
+@dataclass
+class Agent:
+    sources: list[ReplaySource]
+    classifier: ExecuTorchClassifier
+    publisher: MqttPublisher
+    decision_period_s: float = 1.0
+    on_decision: Callable[[dict, str], None] | None = None  # payload, true label ("" if unknown)
+    sessions: list[WatchSession] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        meta = self.classifier.meta
+        hop = max(1, round(self.decision_period_s * meta.sample_rate_hz))
+        for src in self.sources:
+            missing = set(meta.sensors) - src.sensors
+            if missing:
+                raise SourceError(
+                    f"{src.watch_id}: model {meta.name} needs {', '.join(sorted(missing))}, which this source lacks"
+                )
+            self.sessions.append(
+                WatchSession(src, StreamAligner(meta.sensors, meta.sample_rate_hz), Windower(meta.window_samples, hop))
+            )
+
+    def handle_sample(self, session: WatchSession, sample: SensorSample) -> list[dict]:
+        """Feed one raw sample through the pipeline; returns the decisions it completed."""
+        if session.wall0 is None:
+            session.wall0, session.t0 = time.time(), sample.t
+        if sample.label:
+            session.recent_labels.append((sample.t, sample.label))
+        grid, gap = session.aligner.push(sample.sensor, sample.t, sample.xyz)
+        if gap:
+            session.windower.reset()  # a window never spans a gap
+        payloads = []
+        meta = self.classifier.meta
+        for g in grid:
+            window = session.windower.push(g)
+            if window is None:
+                continue
+            decision = self.classifier.decide(normalise(window.values, meta.norm_mean, meta.norm_std))
+            payload = build_payload(session, self.classifier, window, decision)
+            truth = self._truth(session, window.t_start, window.t_end)
+            if truth:
+                session.labelled += 1
+                session.correct += truth == payload["activity"]
+            if self.on_decision:
+                self.on_decision(payload, truth)
+            self.publisher.publish_decision(session.source.watch_id, payload)
+            session.seq += 1
+            payloads.append(payload)
+        return payloads
+
+    @staticmethod
+    def _truth(session: WatchSession, t0: float, t1: float) -> str:
+        labels = Counter(label for t, label in session.recent_labels if t0 <= t <= t1)
+        return labels.most_common(1)[0][0] if labels else ""
+
+    async def _run_watch(self, session: WatchSession) -> None:
+        async for sample in session.source.stream():
+            self.handle_sample(session, sample)
+            if session.source.speed == 0:
+                await asyncio.sleep(0)  # unpaced replay must still let signals and other watches in
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tasks = [asyncio.create_task(self._run_watch(s), name=s.source.watch_id) for s in self.sessions]
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            pending = set(tasks)
+            while pending and not stop.is_set():
+                done, pending = await asyncio.wait(pending | {waiter}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(waiter)
+                for task in done - {waiter}:
+                    if task.exception():
+                        log.error("watch %s stopped: %s", task.get_name(), task.exception())
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            waiter.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

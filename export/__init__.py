@@ -1,0 +1,1 @@
+"""Turning trained checkpoints into on-device programs (ExecuTorch)."""

@@ -1,0 +1,1 @@
+"""The L2MU network, WISDM-2019 data, training and evaluation."""

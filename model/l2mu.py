@@ -1,0 +1,241 @@
+"""L2MU: a Legendre Memory Unit whose every element is a population of spiking neurons.
+
+Following Fra et al. (2024), "Natively neuromorphic LMU architecture for encoding-free
+SNN-based HAR on commercial edge devices":
+
+    input module   raw normalised x_t --(per-channel learned current injection)--> LIF
+                   --> LIF --> LIF                                  = s^x_t  (spikes)
+    u population   s^u_t = LIF(E_x s^x_t + E_h s^h_{t-1} + E_m s^m_{t-1})
+    m populations  s^m_t = LIF(Ā s^m_{t-1} + B̄ s^u_t)        (memory_size × order neurons)
+    h population   s^h_t = LIF(W_x s^x_t + W_h s^h_{t-1} + W_m s^m_t)
+    output         s^o_t = LIF(W_o s^h_t);  readout = spike counts over the window
+
+(Ā, B̄) is the LMU's Legendre (Padé) state-space system discretised by zero-order hold
+over a sliding window of θ time steps (Voelker et al., 2019).
+
+Every neuron population is an snnTorch ``Leaky`` (LIF) or ``Synaptic`` (current-based LIF)
+with its own learnable decay(s) and threshold. Recurrent state is explicit, so ``step``
+advances one sample at O(1) cost and ``forward`` is just ``step`` applied T times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import snntorch as snn
+import torch
+from scipy.signal import cont2discrete
+from snntorch import surrogate
+from torch import Tensor, nn
+
+
+@dataclass
+class L2MUConfig:
+    n_channels: int = 6
+    n_classes: int = 7
+    input_population: int = 8  # neurons per input channel in the encoding-free module
+    input_hidden: int = 64  # width of the two further LIF layers of the input module
+    memory_size: int = 8  # dimension of u (one Legendre memory per u neuron)
+    order: int = 8  # Legendre polynomials per memory
+    theta: float = 40.0  # memory window in time steps (40 = the 2 s window at 20 Hz)
+    hidden: int = 64
+    output_population: int = 4  # neurons per class; their counts are averaged
+    neuron: str = "leaky"  # "leaky" (LIF) or "synaptic" (current-based LIF)
+    beta: float = 0.9
+    alpha: float = 0.8
+    threshold: float = 1.0
+    # B̄'s entries are ~(2i+1)/θ, far below 1: with the common threshold the memory population
+    # would never fire and the LMU memory would be dead from the start.
+    memory_threshold: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def legendre_state_space(order: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous-time (A, B) of the Legendre delay system over a window θ (Voelker et al. 2019)."""
+    idx = np.arange(order)
+    i, j = np.meshgrid(idx, idx, indexing="ij")
+    sign = np.where(i < j, -1.0, (-1.0) ** (i - j + 1))
+    a = (2 * i + 1) * sign / theta
+    b = ((2 * idx + 1) * (-1.0) ** idx / theta).reshape(order, 1)
+    return a, b
+
+
+def discretise_zoh(a: np.ndarray, b: np.ndarray, dt: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    order = a.shape[0]
+    ad, bd, *_ = cont2discrete((a, b, np.eye(order), np.zeros((order, 1))), dt=dt, method="zoh")
+    return ad, bd
+
+
+class LegendreMemory(nn.Module):
+    """Applies m_t = Ā m_{t-1} + B̄ u_t to a batch of memories laid out as rows [..., order]."""
+
+    def __init__(self, order: int, theta: float) -> None:
+        super().__init__()
+        ad, bd = discretise_zoh(*legendre_state_space(order, theta))
+        self.register_buffer("A_bar", torch.tensor(ad, dtype=torch.float32))
+        self.register_buffer("B_bar", torch.tensor(bd[:, 0], dtype=torch.float32))
+
+    def forward(self, m_prev: Tensor, u: Tensor) -> Tensor:
+        # Rows hold memories, so Ā m (column form) is m @ Āᵀ here: exactly linear(m, Ā),
+        # which export delegates like any other constant-weight layer.
+        return nn.functional.linear(m_prev, self.A_bar) + u.unsqueeze(-1) * self.B_bar
+
+
+def _population(cfg: L2MUConfig, threshold: float) -> nn.Module:
+    grad = surrogate.fast_sigmoid(slope=25)
+    beta = torch.tensor(cfg.beta)
+    thr = torch.tensor(threshold)
+    if cfg.neuron == "leaky":
+        return snn.Leaky(beta=beta, threshold=thr, learn_beta=True, learn_threshold=True, spike_grad=grad)
+    if cfg.neuron == "synaptic":
+        return snn.Synaptic(
+            alpha=torch.tensor(cfg.alpha), beta=beta, threshold=thr,
+            learn_alpha=True, learn_beta=True, learn_threshold=True, spike_grad=grad,
+        )
+    raise ValueError(f"unknown neuron type {cfg.neuron!r} (expected 'leaky' or 'synaptic')")
+
+
+def _heaviside(x: Tensor) -> Tensor:
+    """1 where x > 0 else 0, from ops XNNPACK runs natively (no comparison or cast), so a
+    whole window lowers into one delegate: ceil(clamp(x, 0, 1)) is 1 for any x > 0."""
+    return torch.ceil(torch.clamp(x, 0.0, 1.0))
+
+
+# Populations in the order their states appear in the flat state tuple.
+POPULATIONS = ("inj", "in1", "in2", "u", "m", "h", "out")
+
+
+class L2MU(nn.Module):
+    def __init__(self, cfg: L2MUConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, p = cfg.n_channels, cfg.input_population
+        d, q, h = cfg.memory_size, cfg.order, cfg.hidden
+        # Encoding-free input module: each channel drives its own population with a learned
+        # gain and bias per neuron, so the network itself decides how values become spikes.
+        self.inj_gain = nn.Parameter(torch.randn(c, p) * 1.0)
+        self.inj_bias = nn.Parameter(torch.rand(c, p) * 0.5)
+        self.fc_in1 = nn.Linear(c * p, cfg.input_hidden)
+        self.fc_in2 = nn.Linear(cfg.input_hidden, cfg.input_hidden)
+        x_dim = cfg.input_hidden
+        self.e_x = nn.Linear(x_dim, d)
+        self.e_h = nn.Linear(h, d, bias=False)
+        self.e_m = nn.Linear(d * q, d, bias=False)
+        self.memory = LegendreMemory(q, cfg.theta)
+        self.w_x = nn.Linear(x_dim, h)
+        self.w_h = nn.Linear(h, h, bias=False)
+        self.w_m = nn.Linear(d * q, h, bias=False)
+        self.fc_out = nn.Linear(h, cfg.n_classes * cfg.output_population)
+        # Averages each class's output population: a fixed linear map, so it stays inside
+        # the delegated graph on export.
+        pool = torch.kron(torch.eye(cfg.n_classes), torch.full((1, cfg.output_population), 1 / cfg.output_population))
+        self.register_buffer("class_pool", pool, persistent=False)
+        self.lif = nn.ModuleDict({
+            name: _population(cfg, cfg.memory_threshold if name == "m" else cfg.threshold) for name in POPULATIONS
+        })
+        # True while tracing for export: same values, far smaller graph (see _fire_for_graph).
+        self.graph_mode = False
+
+    # ---- state ---------------------------------------------------------------------------
+    def population_sizes(self) -> dict[str, int]:
+        cfg = self.cfg
+        return {
+            "inj": cfg.n_channels * cfg.input_population,
+            "in1": cfg.input_hidden,
+            "in2": cfg.input_hidden,
+            "u": cfg.memory_size,
+            "m": cfg.memory_size * cfg.order,
+            "h": cfg.hidden,
+            "out": cfg.n_classes * cfg.output_population,
+        }
+
+    def state_names(self) -> list[str]:
+        """Flat names of the recurrent state tensors, in the order ``step`` takes and returns them."""
+        kinds = ("syn", "mem") if self.cfg.neuron == "synaptic" else ("mem",)
+        names = [f"{pop}.{kind}" for pop in POPULATIONS for kind in kinds]
+        # Previous spikes of the recurrent populations feed back into u and h.
+        return names + ["spk_h", "spk_m"]
+
+    def state_shapes(self, batch: int = 1) -> list[tuple[int, ...]]:
+        sizes = self.population_sizes()
+        shapes = [(batch, sizes[name.split(".")[0]]) for name in self.state_names()[:-2]]
+        return shapes + [(batch, sizes["h"]), (batch, sizes["m"])]
+
+    def initial_state(self, batch: int = 1) -> list[Tensor]:
+        device = self.inj_gain.device
+        return [torch.zeros(s, device=device) for s in self.state_shapes(batch)]
+
+    # ---- dynamics ------------------------------------------------------------------------
+    def _fire(self, name: str, current: Tensor, state: list[Tensor], k: int) -> tuple[Tensor, int]:
+        """Advance population `name` whose state starts at state[k]; returns spikes and next k."""
+        lif = self.lif[name]
+        if self.graph_mode:
+            return self._fire_for_graph(lif, current, state, k)
+        if self.cfg.neuron == "synaptic":
+            spk, syn, mem = lif(current, state[k], state[k + 1])
+            state[k], state[k + 1] = syn, mem
+            return spk, k + 2
+        spk, mem = lif(current, state[k])
+        state[k] = mem
+        return spk, k + 1
+
+    def _fire_for_graph(self, lif: nn.Module, current: Tensor, state: list[Tensor], k: int) -> tuple[Tensor, int]:
+        """snnTorch's Leaky/Synaptic update (subtractive reset, delayed), written with the fewest ops.
+
+        snnTorch's modules add surrogate-gradient, clone/detach and dtype plumbing to every
+        step; traced 40 times that makes export minutes long. Forward values are identical
+        (checked by tests against the snnTorch modules).
+        """
+        thr = lif.threshold
+        if self.cfg.neuron == "synaptic":
+            syn_prev, mem_prev = state[k], state[k + 1]
+            syn = lif.alpha.clamp(0, 1) * syn_prev + current
+            mem = lif.beta.clamp(0, 1) * mem_prev + syn - _heaviside(mem_prev - thr) * thr
+            state[k], state[k + 1] = syn, mem
+            return _heaviside(mem - thr), k + 2
+        mem_prev = state[k]
+        mem = lif.beta.clamp(0, 1) * mem_prev + current - _heaviside(mem_prev - thr) * thr
+        state[k] = mem
+        return _heaviside(mem - thr), k + 1
+
+    def step(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """One time step. x_t [B, C] → (output spikes [B, n_classes], *new state)."""
+        new = list(state)
+        spk_h_prev, spk_m_prev = new[-2], new[-1]
+        batch = x_t.shape[0]
+        cur = (x_t.unsqueeze(-1) * self.inj_gain + self.inj_bias).reshape(batch, -1)
+        s, k = self._fire("inj", cur, new, 0)
+        s, k = self._fire("in1", self.fc_in1(s), new, k)
+        s_x, k = self._fire("in2", self.fc_in2(s), new, k)
+        s_u, k = self._fire("u", self.e_x(s_x) + self.e_h(spk_h_prev) + self.e_m(spk_m_prev), new, k)
+        d, q = self.cfg.memory_size, self.cfg.order
+        m_cur = self.memory(spk_m_prev.reshape(batch, d, q), s_u).reshape(batch, d * q)
+        s_m, k = self._fire("m", m_cur, new, k)
+        s_h, k = self._fire("h", self.w_x(s_x) + self.w_h(spk_h_prev) + self.w_m(s_m), new, k)
+        s_o, k = self._fire("out", self.fc_out(s_h), new, k)
+        new[-2], new[-1] = s_h, s_m
+        return (nn.functional.linear(s_o, self.class_pool), *new)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, T, C] normalised samples → per-class spike counts [B, n_classes]."""
+        state = self.initial_state(x.shape[0])
+        counts = torch.zeros(x.shape[0], self.cfg.n_classes, device=x.device)
+        for t in range(x.shape[1]):
+            out, *state = self.step(x[:, t], *state)
+            counts = counts + out
+        return counts
+
+    def forward_with_activity(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Like forward, also returning total spikes per population (for synaptic-operation counts)."""
+        state = self.initial_state(x.shape[0])
+        counts = torch.zeros(x.shape[0], self.cfg.n_classes, device=x.device)
+        totals = {name: torch.zeros(x.shape[0], device=x.device) for name in ("x", "u", "m", "h")}
+        for t in range(x.shape[1]):
+            out, *state = self.step(x[:, t], *state)
+            counts = counts + out
+            totals["h"] += state[-2].sum(-1)
+            totals["m"] += state[-1].sum(-1)
+        return counts, totals

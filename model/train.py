@@ -1,0 +1,201 @@
+"""Train an L2MU on WISDM-2019 watch data, split by subject, with early stopping on validation.
+
+Writes into --out: checkpoint.pt, report.json, curves.png, confusion.png.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from l2mu.model import wisdm
+from l2mu.model.checkpoint import save_checkpoint
+from l2mu.model.l2mu import L2MU, L2MUConfig
+from l2mu.model.metadata import ModelMetadata
+from l2mu.model.metrics import classification_report
+from l2mu.model.splits import TEST_SUBJECTS, split_subjects
+
+OTHER = "other"
+CLASS_SETS = {"hand7": wisdm.HAND7, "hand8": (*wisdm.HAND7, OTHER)}
+SENSOR_SETS = {"acc-gyro": ("acc", "gyro"), "acc": ("acc",)}
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    classes: str = "hand7"
+    sensors: str = "acc-gyro"
+    neuron: str = "leaky"
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 10
+    train_hop: int = 20  # 1 s between training windows: overlapping, shifted examples
+    eval_hop: int = wisdm.WINDOW_SAMPLES
+    seed: int = 0
+    subjects: list[int] | None = None
+    val_subjects: list[int] | None = None
+    max_steps_per_epoch: int | None = None  # tests cap this to train for a few steps
+    name: str = ""
+    model: dict = field(default_factory=dict)  # L2MUConfig overrides
+
+
+def class_codes(classes: str) -> tuple[str, ...]:
+    return CLASS_SETS[classes]
+
+
+def labels_for(activities: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Index into classes; activities outside the set map to `other` if present, else -1 (dropped)."""
+    index = {c: i for i, c in enumerate(classes)}
+    fallback = index.get(OTHER, -1)
+    return np.array([index.get(a, fallback) for a in activities], dtype=np.int64)
+
+
+def labelled_windows(
+    root: Path, subjects: list[int], sensors: tuple[str, ...], classes: tuple[str, ...], hop: int,
+    rng: np.random.Generator | None = None, window: int = wisdm.WINDOW_SAMPLES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x [W,T,C], y [W], subject [W]); with `other` in classes, it is subsampled to a hand class's size."""
+    acts = None if OTHER in classes else classes
+    w = wisdm.load_windows(root, subjects, sensors, acts, hop=hop, window=window)
+    y = labels_for(w.activity, classes)
+    keep = y >= 0
+    if OTHER in classes:
+        other = np.flatnonzero(y == classes.index(OTHER))
+        per_class = int(np.bincount(y[y != classes.index(OTHER)], minlength=len(classes) - 1).mean())
+        if len(other) > per_class:
+            gen = rng or np.random.default_rng(0)
+            drop = gen.choice(other, len(other) - per_class, replace=False)
+            keep[drop] = False
+    return w.x[keep], y[keep], w.subject[keep]
+
+
+def predict_counts(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            outs.append(model(torch.from_numpy(x[i : i + batch])).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, model.cfg.n_classes), np.float32)
+
+
+def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    # Wearers differ in strength and in how the watch sits: random per-window gain and small noise.
+    gain = 1 + 0.1 * torch.randn(xb.shape[0], 1, xb.shape[2], generator=gen)
+    return xb * gain + 0.05 * torch.randn(xb.shape, generator=gen)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+
+    sensors = SENSOR_SETS[cfg.sensors]
+    classes = class_codes(cfg.classes)
+    available = wisdm.list_subjects(cfg.data, sensors)
+    if not available:
+        raise wisdm.DatasetError(f"{cfg.data}: no subject has all of {', '.join(sensors)}")
+    train_subj, val_subj = split_subjects(available, cfg.subjects, cfg.val_subjects)
+    x_tr, y_tr, _ = labelled_windows(cfg.data, train_subj, sensors, classes, cfg.train_hop, rng)
+    x_va, y_va, _ = labelled_windows(cfg.data, val_subj, sensors, classes, cfg.eval_hop, rng)
+    if len(x_tr) == 0:
+        raise wisdm.DatasetError(f"{cfg.data}: no training windows for subjects {train_subj}")
+
+    mean = x_tr.reshape(-1, x_tr.shape[-1]).mean(0)
+    std = x_tr.reshape(-1, x_tr.shape[-1]).std(0) + 1e-6
+    norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
+    x_tr, x_va = norm(x_tr), norm(x_va)
+
+    mcfg = L2MUConfig(n_channels=len(sensors) * 3, n_classes=len(classes), neuron=cfg.neuron, **cfg.model)
+    model = L2MU(mcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    loss_fn = nn.CrossEntropyLoss()
+
+    meta = ModelMetadata(
+        name=cfg.name or f"{cfg.classes}-{cfg.sensors}",
+        classes=list(classes),
+        class_names=[wisdm.ACTIVITY_NAMES.get(c, c) for c in classes],
+        sensors=list(sensors),
+        sample_rate_hz=wisdm.SAMPLE_RATE_HZ,
+        window_samples=wisdm.WINDOW_SAMPLES,
+        norm_mean=[float(v) for v in mean],
+        norm_std=[float(v) for v in std],
+        training={
+            "train_subjects": train_subj, "validation_subjects": val_subj,
+            "test_subjects_held_out": [s for s in TEST_SUBJECTS if s not in train_subj + val_subj],
+            "seed": cfg.seed, "train_windows": len(x_tr), "validation_windows": len(x_va),
+        },
+    )
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    history: list[dict] = []
+    best = {"score": -1.0, "epoch": -1}
+    best_state = None
+    steps_per_epoch = (len(x_tr) + cfg.batch_size - 1) // cfg.batch_size
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("training", total=cfg.epochs * steps_per_epoch, status="")
+        for epoch in range(cfg.epochs):
+            model.train()
+            order = torch.randperm(len(x_tr), generator=gen)
+            losses = []
+            for step in range(steps_per_epoch):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                xb = _augment(torch.from_numpy(x_tr[idx.numpy()]), gen)
+                yb = torch.from_numpy(y_tr[idx.numpy()])
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                losses.append(loss.item())
+                bar.advance(task)
+            sched.step()
+            val = classification_report(y_va, predict_counts(model, x_va).argmax(1), classes) if len(x_va) else {}
+            score = val.get("macro_f1", -float(np.mean(losses)))
+            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
+                            "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1")})
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch}
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                save_checkpoint(cfg.out / "checkpoint.pt", model, meta)
+            status = f"epoch {epoch} loss {np.mean(losses):.3f} val F1 {score:.3f} best {best['score']:.3f}"
+            bar.update(task, status=status)
+            if not progress:
+                print(status, f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+            if epoch - best["epoch"] >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    val = classification_report(y_va, predict_counts(model, x_va).argmax(1), classes) if len(x_va) else {}
+    report = {
+        "model": meta.name, "config": mcfg.to_dict(), "train": {k: str(v) if isinstance(v, Path) else v
+                                                             for k, v in cfg.__dict__.items()},
+        "subjects": meta.training, "best_epoch": best["epoch"], "history": history,
+        "validation": val, "seconds": round(time.time() - t0, 1),
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    (cfg.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    from l2mu.model.plots import plot_confusion, plot_curves
+
+    plot_curves(history, cfg.out / "curves.png")
+    if val:
+        plot_confusion(np.array(val["confusion"]), meta.class_names, cfg.out / "confusion.png",
+                       title=f"{meta.name}: validation subjects {val_subj}")
+    return report

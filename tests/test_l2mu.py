@@ -1,0 +1,105 @@
+"""The L2MU network: LMU system matrices, memory update direction, export graph = snnTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from numpy.polynomial import legendre
+from scipy.linalg import expm
+from scipy.signal import cont2discrete
+
+from l2mu.model.l2mu import L2MU, L2MUConfig, LegendreMemory, legendre_state_space
+
+
+def test_zoh_matrices_equal_scipy_and_the_matrix_exponential() -> None:
+    order, theta = 6, 40.0
+    a, b = legendre_state_space(order, theta)
+    mem = LegendreMemory(order, theta)
+    ad, bd, *_ = cont2discrete((a, b, np.eye(order), np.zeros((order, 1))), dt=1.0, method="zoh")
+    np.testing.assert_allclose(mem.A_bar.numpy(), ad, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(mem.B_bar.numpy(), bd[:, 0], rtol=1e-5, atol=1e-7)
+    # Independently: exp([[A, B], [0, 0]]) holds Ā and B̄ for a unit step.
+    block = np.zeros((order + 1, order + 1))
+    block[:order, :order], block[:order, order:] = a, b
+    e = expm(block)
+    np.testing.assert_allclose(mem.A_bar.numpy(), e[:order, :order], rtol=1e-5, atol=1e-7)
+
+
+def test_voelker_matrices_first_entries() -> None:
+    a, b = legendre_state_space(3, 1.0)
+    # A[i, j] = (2i+1)·(-1 if i < j else (-1)^(i-j+1)); B[i] = (2i+1)·(-1)^i
+    np.testing.assert_array_equal(a, [[-1, -1, -1], [3, -3, -3], [-5, 5, -5]])
+    np.testing.assert_array_equal(b[:, 0], [1, -3, 5])
+
+
+def test_memory_update_applies_a_bar_not_its_transpose() -> None:
+    mem = LegendreMemory(5, 10.0)
+    m = torch.randn(3, 2, 5)
+    u = torch.randn(3, 2)
+    got = mem(m, u)
+    want = torch.einsum("ij,bkj->bki", mem.A_bar, m) + u[..., None] * mem.B_bar
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
+    transposed = torch.einsum("ji,bkj->bki", mem.A_bar, m) + u[..., None] * mem.B_bar
+    assert not torch.allclose(got, transposed, atol=1e-3)
+
+
+@pytest.mark.parametrize("theta_prime", [10.0, 20.0, 30.0])
+def test_non_spiking_legendre_memory_reconstructs_the_delayed_input(theta_prime: float) -> None:
+    order, theta, steps = 12, 40.0, 400
+    mem = LegendreMemory(order, theta)
+    def f(t: np.ndarray) -> np.ndarray:
+        return np.sin(2 * np.pi * t / 90.0) + 0.5 * np.sin(2 * np.pi * t / 57.0)
+
+    t = np.arange(steps)
+    u = f(t)
+    m = torch.zeros(1, 1, order)
+    decoded = []
+    # Shifted Legendre polynomials P̃_i(θ'/θ) decode u(t − θ') from the memory (Voelker et al. 2019).
+    r = theta_prime / theta
+    weights = np.array([legendre.legval(2 * r - 1, np.eye(order)[i]) for i in range(order)])
+    for k in range(steps):
+        m = mem(m, torch.tensor([[u[k]]], dtype=torch.float32))
+        decoded.append(float(m[0, 0].numpy() @ weights))
+    # After the update with u[k] (held over [k, k+1) by ZOH) the memory describes time k+1; the
+    # held input then matches the smooth signal half a step earlier, hence k + 0.5 − θ'.
+    err = np.abs(np.array(decoded)[100:] - f(t[100:] + 0.5 - theta_prime))
+    assert err.max() < 0.01
+    # A wrong delay would be caught: one step off already costs more than that.
+    assert np.abs(np.array(decoded)[100:] - f(t[100:] - 0.5 - theta_prime)).max() > 0.05
+
+
+@pytest.mark.parametrize("neuron", ["leaky", "synaptic"])
+def test_export_graph_equals_snntorch_modules_and_step_equals_forward(neuron: str) -> None:
+    torch.manual_seed(1)
+    net = L2MU(L2MUConfig(neuron=neuron, input_hidden=24, hidden=24, memory_size=4, order=6)).eval()
+    x = torch.randn(5, 40, 6) * 1.5
+    with torch.no_grad():
+        counts = net(x)
+        net.graph_mode = True
+        graph_counts = net(x)
+        state = net.initial_state(5)
+        stepped = torch.zeros_like(counts)
+        for t in range(40):
+            out, *state = net.step(x[:, t], *state)
+            stepped += out
+    assert counts.sum() > 0, "network should spike for this input"
+    torch.testing.assert_close(graph_counts, counts)
+    torch.testing.assert_close(stepped, counts)
+    assert len(state) == len(net.state_names())
+
+
+def test_unknown_neuron_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown neuron type"):
+        L2MU(L2MUConfig(neuron="izhikevich"))
+
+
+def test_training_signal_reaches_every_population() -> None:
+    torch.manual_seed(0)
+    net = L2MU(L2MUConfig(neuron="leaky"))
+    loss = torch.nn.functional.cross_entropy(net(torch.randn(16, 40, 6) * 2), torch.randint(0, 7, (16,)))
+    loss.backward()
+    for name in ("inj_gain", "fc_in1.weight", "e_x.weight", "w_m.weight", "fc_out.weight", "lif.h.beta",
+                 "lif.out.threshold"):
+        grad = dict(net.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
