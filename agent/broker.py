@@ -83,18 +83,26 @@ class LocalBroker:
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
         started = threading.Event()
+        failure: list[BaseException] = []
 
         def serve() -> None:
             self._loop = asyncio.new_event_loop()
-            self._amqtt = Broker(config, loop=self._loop)
-            self._loop.run_until_complete(self._amqtt.start())
-            started.set()
+            asyncio.set_event_loop(self._loop)  # amqtt looks the loop up itself
+            try:
+                self._amqtt = Broker(config, loop=self._loop)
+                self._loop.run_until_complete(self._amqtt.start())
+            except Exception as exc:  # reported to the starting thread below
+                failure.append(exc)
+                return
+            finally:
+                started.set()
             self._loop.run_forever()
 
         self._thread = threading.Thread(target=serve, name="amqtt-broker", daemon=True)
         self._thread.start()
-        if not started.wait(10):
-            raise BrokerError("embedded amqtt broker did not start")
+        if not started.wait(10) or failure:
+            reason = f": {failure[0]}" if failure else ""
+            raise BrokerError(f"embedded amqtt broker did not start{reason}")
 
     def stop(self) -> None:
         if self._proc is not None:

@@ -81,7 +81,10 @@ def train(
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (quick runs).")] = None,
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without validation gain before stopping.")] = 12,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without validation gain before stopping.")] = 10,
+    dropout: Annotated[float, typer.Option(min=0, max=0.9, help="Spike dropout while training.")] = 0.1,
+    rotate_deg: Annotated[float, typer.Option(min=0, help="Augmentation: random watch rotation within ±deg.")]
+    = 30.0,
 ) -> None:
     """Train an L2MU on WISDM-2019 watch data, split by subject; writes checkpoint.pt, report.json, PNGs."""
     from l2mu.model.train import CLASS_SETS, SENSOR_SETS, TrainConfig
@@ -96,7 +99,8 @@ def train(
     cfg = TrainConfig(
         data=data, out=out, classes=classes, sensors=sensors, neuron=neuron, epochs=epochs, seed=seed,
         batch_size=batch_size, subjects=parse_subjects(subjects), val_subjects=parse_subjects(val_subjects),
-        max_steps_per_epoch=max_steps_per_epoch, patience=patience,
+        max_steps_per_epoch=max_steps_per_epoch, patience=patience, rotate_deg=rotate_deg,
+        model={"dropout": dropout},
     )
     report = run_training(cfg, progress=sys.stderr.isatty())
     val = report["validation"]

@@ -48,6 +48,7 @@ class L2MUConfig:
     # B̄'s entries are ~(2i+1)/θ, far below 1: with the common threshold the memory population
     # would never fire and the LMU memory would be dead from the start.
     memory_threshold: float = 0.1
+    dropout: float = 0.0  # on the input module's and h's spikes, training only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +130,7 @@ class L2MU(nn.Module):
         self.w_h = nn.Linear(h, h, bias=False)
         self.w_m = nn.Linear(d * q, h, bias=False)
         self.fc_out = nn.Linear(h, cfg.n_classes * cfg.output_population)
+        self.drop = nn.Dropout(cfg.dropout)
         # Averages each class's output population: a fixed linear map, so it stays inside
         # the delegated graph on export.
         pool = torch.kron(torch.eye(cfg.n_classes), torch.full((1, cfg.output_population), 1 / cfg.output_population))
@@ -210,12 +212,13 @@ class L2MU(nn.Module):
         s, k = self._fire("inj", cur, new, 0)
         s, k = self._fire("in1", self.fc_in1(s), new, k)
         s_x, k = self._fire("in2", self.fc_in2(s), new, k)
+        s_x = self.drop(s_x)
         s_u, k = self._fire("u", self.e_x(s_x) + self.e_h(spk_h_prev) + self.e_m(spk_m_prev), new, k)
         d, q = self.cfg.memory_size, self.cfg.order
         m_cur = self.memory(spk_m_prev.reshape(batch, d, q), s_u).reshape(batch, d * q)
         s_m, k = self._fire("m", m_cur, new, k)
         s_h, k = self._fire("h", self.w_x(s_x) + self.w_h(spk_h_prev) + self.w_m(s_m), new, k)
-        s_o, k = self._fire("out", self.fc_out(s_h), new, k)
+        s_o, k = self._fire("out", self.fc_out(self.drop(s_h)), new, k)
         new[-2], new[-1] = s_h, s_m
         return (nn.functional.linear(s_o, self.class_pool), *new)
 

@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     subjects: list[int] | None = None
     val_subjects: list[int] | None = None
+    rotate_deg: float = 30.0  # augmentation: random watch orientation within ±this
     max_steps_per_epoch: int | None = None  # tests cap this to train for a few steps
     name: str = ""
     model: dict = field(default_factory=dict)  # L2MUConfig overrides
@@ -89,10 +90,29 @@ def predict_counts(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndar
     return np.concatenate(outs) if outs else np.zeros((0, model.cfg.n_classes), np.float32)
 
 
-def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    # Wearers differ in strength and in how the watch sits: random per-window gain and small noise.
-    gain = 1 + 0.1 * torch.randn(xb.shape[0], 1, xb.shape[2], generator=gen)
-    return xb * gain + 0.05 * torch.randn(xb.shape, generator=gen)
+def random_rotations(n: int, max_deg: float, gen: torch.Generator) -> torch.Tensor:
+    """n rotation matrices about random axes by angles uniform in ±max_deg (Rodrigues)."""
+    axis = torch.randn(n, 3, generator=gen)
+    axis = axis / axis.norm(dim=1, keepdim=True)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * np.deg2rad(max_deg)
+    k = torch.zeros(n, 3, 3)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(1, 2)
+    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
+    return torch.eye(3) + s * k + (1 - c) * (k @ k)
+
+
+def augment(xb: torch.Tensor, gen: torch.Generator, rotate_deg: float) -> torch.Tensor:
+    """Raw windows [B, T, 3·sensors] in SI units → randomly perturbed copies.
+
+    Wearers wear the watch at different angles and move with different vigour: rotate all of a
+    window's sensors by one random rotation (acc and gyro live in the same watch frame), then
+    apply a random per-window gain."""
+    b, _, c = xb.shape
+    rot = random_rotations(b, rotate_deg, gen)
+    parts = [xb[..., i : i + 3] @ rot.transpose(1, 2) for i in range(0, c, 3)]
+    gain = 1 + 0.1 * torch.randn(b, 1, 1, generator=gen)
+    return torch.cat(parts, dim=-1) * gain
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -116,8 +136,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     mean = x_tr.reshape(-1, x_tr.shape[-1]).mean(0)
     std = x_tr.reshape(-1, x_tr.shape[-1]).std(0) + 1e-6
-    norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
-    x_tr, x_va = norm(x_tr), norm(x_va)
+    mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    x_va = ((x_va - mean) / std).astype(np.float32)
 
     mcfg = L2MUConfig(n_channels=len(sensors) * 3, n_classes=len(classes), neuron=cfg.neuron, **cfg.model)
     model = L2MU(mcfg)
@@ -157,7 +177,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             losses = []
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                xb = _augment(torch.from_numpy(x_tr[idx.numpy()]), gen)
+                xb = torch.from_numpy(x_tr[idx.numpy()]).float()
+                if cfg.rotate_deg > 0:
+                    xb = augment(xb, gen, cfg.rotate_deg)
+                xb = (xb - mean_t) / std_t
                 yb = torch.from_numpy(y_tr[idx.numpy()])
                 loss = loss_fn(model(xb), yb)
                 opt.zero_grad()

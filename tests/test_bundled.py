@@ -1,0 +1,60 @@
+"""The model shipped in the package: listed, intact, and recognising a wearer it never saw."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from l2mu.agent.runtime import DEFAULT_MODEL, bundled_dir, bundled_models, resolve_model
+from l2mu.model.metadata import read_metadata
+from l2mu.model.splits import TEST_SUBJECTS
+
+from .conftest import cli_command
+
+
+def test_default_model_is_bundled_and_intact() -> None:
+    assert DEFAULT_MODEL in bundled_models()
+    meta = read_metadata(resolve_model(None))  # checks the program's hash against its metadata
+    assert meta.sensors == ["acc", "gyro"] and meta.window_samples == 40 and meta.sample_rate_hz == 20
+    held_out = set(meta.training["test_subjects_held_out"])
+    assert held_out == set(TEST_SUBJECTS)
+    assert not held_out & set(meta.training["train_subjects"] + meta.training["validation_subjects"])
+    assert (bundled_dir() / f"{DEFAULT_MODEL}.pt").is_file()
+
+
+def test_models_command_lists_the_default() -> None:
+    proc = subprocess.run([*cli_command(), "models"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert f"{DEFAULT_MODEL} (default)" in proc.stdout
+
+
+def test_default_model_recognises_a_held_out_wearer(wisdm_root: Path) -> None:
+    subject = str(TEST_SUBJECTS[0])
+    proc = subprocess.run([*cli_command(), "evaluate", "--data", str(wisdm_root), "--subjects", subject, "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["model"] == DEFAULT_MODEL and result["subjects"] == [int(subject)]
+    assert result["accuracy"] > 0.5  # chance is 1/7; a sanity floor, the measured figures are in MODEL.md
+
+
+def test_demo_recording_is_from_a_held_out_wearer_and_recognised() -> None:
+    proc = subprocess.Popen([*cli_command(), "run", "--watch", "demo", "--speed", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(lines) < 20:
+            line = proc.stdout.readline()
+            if line.startswith("har/activity/demo"):
+                lines.append(line)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert len(lines) == 20
+    # The demo opens with 30 s of typing, which the model knows well (see MODEL.md).
+    assert sum("typing" in ln.split("true:")[0] for ln in lines) >= 14
