@@ -1,7 +1,24 @@
 """Per-watch signal path: raw timestamped samples → common 20 Hz grid → sliding windows.
 
-The online twin of l2mu.model.timegrid.align_streams: same linear interpolation, same gap
-rule, so the agent feeds the model what training fed it.
+The online twin of l2mu.model.timegrid.align_streams: for a watch at the model's own rate
+(≤ 1.2 × grid rate) the same linear interpolation and the same gap rule, so the agent feeds
+the model what training fed it. A faster watch is low-passed at the grid times before it can
+alias (see l2mu.agent.resample, which also says why window timestamps stay honest and what
+latency the filter adds); every sensor's rate is measured from its own timestamps, never
+taken from a driver's nominal setting.
+
+Gap policy. A window never spans missing data:
+
+- A gap is more than `max_gap` (MAX_GAP_S, 0.25 s) between two consecutive samples of one
+  sensor, or a loss the caller knows of and reports with `StreamAligner.mark_gap(sensor)`
+  (a skipped sequence number, a dropped BLE notification, a reconnect).
+- On a gap every sensor's buffer, rate estimate and filter state are cleared and the grid
+  restarts once all sensors have delivered MIN_INTERVALS intervals again; grid times that
+  would have needed samples across the gap are never emitted (up to the filter's look-ahead
+  before it). The next `push` returns gap=True, on which the caller resets its `Windower`.
+- `counters.gaps` counts every gap, `counters.gaps_reported` those that came from mark_gap.
+- A sample not later than its sensor's previous one is dropped and counted in
+  `counters.samples_out_of_order`; it is never a gap.
 """
 
 from __future__ import annotations
@@ -12,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from l2mu.agent.resample import SensorStream
 from l2mu.model.timegrid import MAX_GAP_S
 
 
@@ -20,6 +38,7 @@ class PipelineCounters:
     samples_in: int = 0
     samples_out_of_order: int = 0
     gaps: int = 0
+    gaps_reported: int = 0
     grid_samples: int = 0
     windows: int = 0
 
@@ -31,66 +50,74 @@ class GridSample:
 
 
 class StreamAligner:
-    """Interpolates each sensor's stream onto one grid; a grid point is emitted once every
-    sensor has a sample at or after it. Across a gap (> MAX_GAP_S between two samples of any
-    sensor) nothing is interpolated: the grid restarts after it and `on_gap` is reported."""
+    """Reads every sensor's stream at each grid time; a grid time is emitted once every sensor
+    can be read there (linear: a sample at or after it; filtered: the kernel's look-ahead).
+    The grid starts at the latest first sample (plus the look-ahead for filtered sensors, so
+    the first kernel is whole) and restarts after a gap (see the module docstring)."""
 
     def __init__(self, sensors: Sequence[str], rate_hz: float, max_gap: float = MAX_GAP_S) -> None:
         self.sensors = list(sensors)
         self.step = 1.0 / rate_hz
         self.max_gap = max_gap
-        self.buffers: dict[str, deque[tuple[float, np.ndarray]]] = {s: deque() for s in self.sensors}
+        self.streams: dict[str, SensorStream] = {s: SensorStream(rate_hz) for s in self.sensors}
         self.next_t: float | None = None
         self.counters = PipelineCounters()
+        self._gap_pending = False
+
+    def rates_hz(self) -> dict[str, float | None]:
+        """Each sensor's measured native rate (None until known), for logs and status."""
+        return {s: stream.rate_hz for s, stream in self.streams.items()}
+
+    def mark_gap(self, sensor: str) -> bool:
+        """The caller lost samples of `sensor` (sequence gap, dropped packet): restart the grid.
+        Returns False for a sensor the model does not use, whose losses do not matter."""
+        if sensor not in self.streams:
+            return False
+        self.counters.gaps += 1
+        self.counters.gaps_reported += 1
+        self._restart()
+        return True
 
     def push(self, sensor: str, t: float, xyz: Sequence[float]) -> tuple[list[GridSample], bool]:
-        """Add one sample; returns (grid samples now complete, whether a gap was crossed)."""
-        if sensor not in self.buffers:
+        """Add one sample; returns (grid samples now complete, whether a gap was crossed since
+        the previous push, detected here or reported through mark_gap)."""
+        stream = self.streams.get(sensor)
+        if stream is None:
             return [], False  # a sensor the model does not use
         self.counters.samples_in += 1
-        buf = self.buffers[sensor]
-        if buf and t <= buf[-1][0]:
+        if len(stream) and t <= stream.last_t:
             self.counters.samples_out_of_order += 1
             return [], False
-        gap = bool(buf) and t - buf[-1][0] > self.max_gap
-        if gap:
-            # Keep only the new sample for every sensor and start the grid again after it.
+        if len(stream) and t - stream.last_t > self.max_gap:
             self.counters.gaps += 1
-            for b in self.buffers.values():
-                b.clear()
-            self.next_t = None
-        buf.append((t, np.asarray(xyz, dtype=np.float64)))
+            self._restart()  # the new sample below is the first after the gap
+        gap, self._gap_pending = self._gap_pending, False
+        stream.append(t, xyz)
         return self._drain(), gap
 
+    def _restart(self) -> None:
+        for stream in self.streams.values():
+            stream.clear()
+        self.next_t = None
+        self._gap_pending = True
+
     def _drain(self) -> list[GridSample]:
-        if any(not b for b in self.buffers.values()):
-            return []
+        streams = [self.streams[s] for s in self.sensors]
         if self.next_t is None:
-            self.next_t = max(b[0][0] for b in self.buffers.values())
+            # Wait until every rate is known: it decides how each stream is read from the start.
+            if not all(s.ready for s in streams):
+                return []
+            self.next_t = max(s.first_t + s.lookahead for s in streams)
         out: list[GridSample] = []
-        while all(b[-1][0] >= self.next_t for b in self.buffers.values()):
+        while all(s.can_read(self.next_t) for s in streams):
             g = self.next_t
-            parts = [self._interp(self.buffers[s], g) for s in self.sensors]
-            out.append(GridSample(g, np.concatenate(parts)))
+            out.append(GridSample(g, np.concatenate([s.value_at(g) for s in streams])))
             self.next_t = g + self.step
-        for b in self.buffers.values():
-            # Samples wholly before the next grid point's left neighbour are no longer needed.
-            while len(b) > 1 and b[1][0] <= self.next_t:
-                b.popleft()
+        if out:
+            for s in streams:
+                s.trim(self.next_t)
         self.counters.grid_samples += len(out)
         return out
-
-    @staticmethod
-    def _interp(buf: deque[tuple[float, np.ndarray]], g: float) -> np.ndarray:
-        prev = buf[0]
-        for item in buf:
-            if item[0] >= g:
-                if item[0] == prev[0]:
-                    return item[1]
-                w = (g - prev[0]) / (item[0] - prev[0])
-                return prev[1] + w * (item[1] - prev[1])
-            prev = item
-        return buf[-1][1]
 
 
 @dataclass

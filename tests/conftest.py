@@ -75,3 +75,24 @@ def tiny_program(tiny_checkpoint: Path) -> Path:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
+
+
+def demo_lines(*run_args: str, count: int, timeout: float = 120) -> list[str]:
+    """Start `run --watch demo …`, collect the first `count` echoed har/activity/demo lines, stop it with Ctrl-C."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([*cli_command(), "run", "--watch", "demo", *run_args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(lines) < count:
+            line = proc.stdout.readline()
+            if line.startswith("har/activity/demo"):
+                lines.append(line)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    return lines

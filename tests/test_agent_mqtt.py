@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from l2mu.agent.recording import recording_from_wisdm, write_recording
 
-from .conftest import REPO, TINY_WINDOW, cli_command
+from .conftest import REPO, TINY_WINDOW, cli_command, demo_lines
 
 SCHEMA = json.loads((REPO / "docs" / "decision.schema.json").read_text())
 
@@ -137,18 +136,7 @@ def test_sigterm_publishes_offline_and_exits_cleanly(mosquitto, tiny_program: Pa
 
 
 def test_demo_with_embedded_broker_prints_received_messages_with_truth(tiny_program: Path) -> None:
-    proc = run_agent("--watch", "demo", "--model", str(tiny_program), "--speed", "20",
-                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = []
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(lines) < 5:
-            line = proc.stdout.readline()
-            if line.startswith("har/activity/demo"):
-                lines.append(line)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(15)
+    lines = demo_lines("--model", str(tiny_program), "--speed", "20", count=5, timeout=60)
     assert len(lines) == 5
     assert all("true: typing" in ln for ln in lines)  # the demo starts with 30 s of typing
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from l2mu.agent.runtime import DEFAULT_MODEL, bundled_dir, bundled_models, resolve_model
 from l2mu.model.metadata import read_metadata
 from l2mu.model.splits import TEST_SUBJECTS
 
-from .conftest import cli_command
+from .conftest import cli_command, demo_lines
 
 
 def test_default_model_is_bundled_and_intact() -> None:
@@ -42,19 +39,8 @@ def test_default_model_recognises_a_held_out_wearer(wisdm_root: Path) -> None:
     assert result["accuracy"] > 0.5  # chance is 1/7; a sanity floor, the measured figures are in MODEL.md
 
 
-def test_demo_recording_is_from_a_held_out_wearer_and_recognised() -> None:
-    proc = subprocess.Popen([*cli_command(), "run", "--watch", "demo", "--speed", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(lines) < 20:
-            line = proc.stdout.readline()
-            if line.startswith("har/activity/demo"):
-                lines.append(line)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(20)
+def test_demo_recording_is_recognised() -> None:
+    lines = demo_lines("--speed", "0", count=20)
     assert len(lines) == 20
     # The demo opens with 30 s of typing, which the model knows well (see MODEL.md).
     assert sum("typing" in ln.split("true:")[0] for ln in lines) >= 14
