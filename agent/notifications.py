@@ -23,9 +23,13 @@ class NotificationFeed:
     driver: WatchDriver
     deliver: Callable[[SensorSample], object]
     watch_id: str = "watch"
+    # Called with each declared sensor when the driver saw lost packets (sequence numbers),
+    # so the pipeline restarts its grid instead of interpolating across the hole.
+    on_gap: Callable[[str], object] | None = None
     notifications: int = 0
     samples: int = 0
     decode_errors: Counter = field(default_factory=Counter)
+    _gaps_seen: int = 0
 
     def on_notification(self, char_uuid: str, data: bytes | bytearray, received_at: float) -> int:
         """Decode one notification and deliver its samples; returns how many were delivered."""
@@ -38,6 +42,12 @@ class NotificationFeed:
                 log.warning("%s: dropped a %s frame (%s); further ones are only counted",
                             self.watch_id, self.driver.name, exc)
             return 0
+        gaps = getattr(self.driver, "gaps", 0)
+        if gaps > self._gaps_seen:
+            self._gaps_seen = gaps
+            if self.on_gap:
+                for sensor in self.driver.sensors:
+                    self.on_gap(sensor)
         for s in decoded:
             self.deliver(SensorSample(s.t, s.sensor, s.xyz))
         self.samples += len(decoded)

@@ -28,15 +28,17 @@ def wisdm_as_l2mu_packets(root: Path) -> tuple[list[bytes], list[SensorSample]]:
     return enc.packets(float(grid[0]), values[:, :3].tolist(), values[:, 3:].tolist()), raw
 
 
-def run_feed(packets: list[bytes], garbage_every: int = 0) -> tuple[NotificationFeed, list, list[SensorSample]]:
-    aligner = StreamAligner(["acc", "gyro"], 20.0)
+def run_feed(
+    packets: list[bytes], garbage_every: int = 0, aligner: StreamAligner | None = None
+) -> tuple[NotificationFeed, list, list[SensorSample]]:
+    aligner = aligner or StreamAligner(["acc", "gyro"], 20.0)
     grid, delivered = [], []
 
     def deliver(s: SensorSample) -> None:
         delivered.append(s)
         grid.extend(aligner.push(s.sensor, s.t, s.xyz)[0])
 
-    feed = NotificationFeed(L2muDriver(rate_hz=20.0), deliver, "test")
+    feed = NotificationFeed(L2muDriver(rate_hz=20.0), deliver, "test", on_gap=aligner.mark_gap)
     for i, packet in enumerate(packets):
         if garbage_every and i % garbage_every == 0:
             feed.on_notification(L2MU_IMU_CHAR, b"\x07" + b"g" * 20, 1.0)
@@ -62,6 +64,18 @@ def test_garbage_frames_are_counted_and_change_nothing_downstream(wisdm_root: Pa
     assert feed.errors_total == 2 * len(range(0, len(packets), 5))
     assert set(feed.decode_errors) >= {"unsupported L2MU profile version", "L2MU packet shorter than its header"}
     np.testing.assert_array_equal(np.stack([g.values for g in grid]), np.stack([g.values for g in clean_grid]))
+
+
+def test_lost_packets_restart_the_grid_instead_of_interpolating_over_them(wisdm_root: Path) -> None:
+    packets, _ = wisdm_as_l2mu_packets(wisdm_root)
+    aligner = StreamAligner(["acc", "gyro"], 20.0)
+    # Drop one packet (8 samples, 0.4 s): the driver learns it from the sequence number.
+    feed, grid, _ = run_feed(packets[:30] + packets[31:], aligner=aligner)
+    assert feed.driver.gaps == 1
+    assert aligner.counters.gaps >= 1
+    times = np.array([g.t for g in grid])
+    lost = (float(times[0]) + 30 * 8 * 0.05, float(times[0]) + 31 * 8 * 0.05)
+    assert not np.any((times > lost[0] + 0.05) & (times < lost[1] - 0.05))
 
 
 @settings(max_examples=150, deadline=None)
