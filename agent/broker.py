@@ -6,12 +6,14 @@ Used by `run` when no --mqtt URL is given, and by the tests (which always want m
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -37,14 +39,22 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 class LocalBroker:
-    """A broker on 127.0.0.1:<free port>; `url` says where. Use as a context manager."""
+    """A broker on 127.0.0.1:<free port>; `url` says where. Use as a context manager.
 
-    def __init__(self, prefer: str = "auto", port: int | None = None, extra_config: str = "") -> None:
+    mosquitto only: `extra_config` is appended to the generated config (a later line overrides an
+    earlier one, e.g. `allow_anonymous false`); `files` (name → text or bytes) are written beside
+    it before it starts — password and ACL files, certificates — and `{dir}` in `extra_config`
+    stands for that folder. `stop()` then `start()` restarts it on the same port.
+    """
+
+    def __init__(self, prefer: str = "auto", port: int | None = None, extra_config: str = "",
+                 files: Mapping[str, str | bytes] | None = None) -> None:
         if prefer not in ("auto", "mosquitto", "amqtt"):
             raise ValueError(f"unknown broker {prefer!r}")
         self.port = port or free_port()
         self.kind = "mosquitto" if prefer == "mosquitto" or (prefer == "auto" and mosquitto_binary()) else "amqtt"
         self.extra_config = extra_config
+        self.files = dict(files or {})
         self._proc: subprocess.Popen | None = None
         self._dir: tempfile.TemporaryDirectory | None = None
         self._thread: threading.Thread | None = None
@@ -68,12 +78,24 @@ class LocalBroker:
         if binary is None:
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
         self._dir = tempfile.TemporaryDirectory(prefix="l2mu-mosquitto-")
-        conf = Path(self._dir.name) / "mosquitto.conf"
+        folder = Path(self._dir.name)
+        for name, content in self.files.items():
+            path = folder / name
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+        # Started by root, mosquitto would switch to its own user, who cannot read this private folder.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        conf = folder / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest stderr\nlog_type error\nlog_type warning\n{self.extra_config}"
+            f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"log_dest stderr\nlog_type error\nlog_type warning\n{self.extra_config.replace('{dir}', str(folder))}"
         )
-        self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Own session: Ctrl-C in the terminal reaches the agent only, which still needs the broker
+        # to publish `offline` and drain its queue before it stops the broker itself.
+        self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      start_new_session=True)
 
     def _start_amqtt(self) -> None:
         from amqtt.broker import Broker

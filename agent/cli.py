@@ -17,6 +17,7 @@ import typer
 
 from l2mu.agent.broker import BrokerError
 from l2mu.agent.mqtt import MqttError
+from l2mu.agent.outbox import OutboxError
 from l2mu.agent.recording import RecordingError
 from l2mu.agent.sources import SourceError
 from l2mu.model.metadata import ModelFileError
@@ -28,7 +29,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-KNOWN_ERRORS = (DatasetError, ModelFileError, RecordingError, SourceError, MqttError, BrokerError, ValueError)
+KNOWN_ERRORS = (DatasetError, ModelFileError, RecordingError, SourceError, MqttError, BrokerError, OutboxError,
+                ValueError)
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -171,7 +173,11 @@ def export(
 
     if out.suffix != ".pte":
         raise ValueError(f"--out {out}: the program file must end in .pte")
-    meta = export_program(load_checkpoint(checkpoint), out)
+    from l2mu.agent.runtime import native_stderr_silenced
+
+    ckpt = load_checkpoint(checkpoint)
+    with native_stderr_silenced():  # torch.export and the lowering passes warn about their own internals
+        meta = export_program(ckpt, out)
     typer.echo(f"wrote {out} ({out.stat().st_size} bytes) and {out.with_suffix('.json').name}: {meta.name}, "
                f"classes {','.join(meta.classes)}, sensors {'+'.join(meta.sensors)}")
 
@@ -220,7 +226,8 @@ def run(
         list[str], typer.Option(help="BLE address, 'demo' or 'replay:FILE'; repeat for several watches.")
     ],
     mqtt: Annotated[
-        str | None, typer.Option(help="Broker URL (mqtt://host:port). Default: start a local broker.")
+        str | None, typer.Option(help="Broker URL (mqtt://host:port or mqtts://host:port). Default: start a "
+                                      "local broker.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Bundled model name or path to a .pte.")] = None,
     speed: Annotated[float, typer.Option(help="Replay speed factor (0 = as fast as possible).")] = 1.0,
@@ -233,33 +240,79 @@ def run(
     ] = None,
     broker: Annotated[str, typer.Option(help="Local broker when --mqtt is not given: auto, mosquitto, amqtt.")]
     = "auto",
+    smoothing: Annotated[
+        str, typer.Option(help="How the published activity is smoothed: majority (vote over the last N "
+                               "windows), hmm (forward filter) or none (each window's argmax).")
+    ] = "majority",
+    smoothing_window: Annotated[int, typer.Option(help="N: windows of evidence a change needs.", min=1)] = 5,
+    raw_scores: Annotated[
+        bool, typer.Option("--raw-scores", help="Also publish each window's scores on <prefix>/scores/<watch>.")
+    ] = False,
+    ha_discovery: Annotated[
+        bool, typer.Option("--ha-discovery", help="Publish Home Assistant MQTT discovery configs.")
+    ] = False,
+    ha_prefix: Annotated[str, typer.Option(help="Home Assistant discovery prefix.")] = "homeassistant",
+    queue_dir: Annotated[
+        Path | None, typer.Option(help="Keep undelivered decisions in this directory, so a restart loses none.")
+    ] = None,
+    queue_size: Annotated[
+        int, typer.Option(help="Most undelivered decisions kept; beyond it the oldest are dropped.", min=1)
+    ] = 100_000,
+    username: Annotated[
+        str | None, typer.Option(help="MQTT user name (default: $L2MU_MQTT_USERNAME).")
+    ] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(help="File whose first line is the MQTT password (default: $L2MU_MQTT_PASSWORD).")
+    ] = None,
+    ca_file: Annotated[Path | None, typer.Option(help="CA certificate(s) to verify an mqtts:// broker.")] = None,
+    cert_file: Annotated[Path | None, typer.Option(help="Client certificate for mqtts:// (PEM).")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="Private key of --cert-file (PEM).")] = None,
+    mqtt_protocol: Annotated[
+        str | None, typer.Option(help="5 or 3.1.1 (default: 5; 3.1.1 for the embedded amqtt broker).")
+    ] = None,
 ) -> None:
     """Recognise activities from watches (or recordings) and publish them over MQTT."""
     from l2mu.agent.broker import LocalBroker
     from l2mu.agent.daemon import Agent
     from l2mu.agent.echo import EchoSubscriber
-    from l2mu.agent.mqtt import MqttPublisher
+    from l2mu.agent.hass import discovery_messages
+    from l2mu.agent.mqtt import MqttPublisher, MqttSecurity, activity_topic, status_topic
+    from l2mu.agent.outbox import Outbox
     from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
+    from l2mu.agent.smoothing import make_smoother
     from l2mu.agent.sources import parse_source
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Until the main loop takes over SIGTERM, treat it like Ctrl-C so start-up is interruptible cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    make_smoother(smoothing, 2, smoothing_window)  # a bad --smoothing fails before the model loads
+    security = MqttSecurity.from_options(username, password_file, ca_file, cert_file, key_file)
     sources = [parse_source(spec, speed) for spec in watch]
     if len({s.watch_id for s in sources}) != len(sources):
         raise ValueError("two --watch sources have the same watch id")
     classifier = ExecuTorchClassifier(resolve_model(model))
+    agent_id = agent_id or default_agent_id()
     local = None
     if mqtt is None:
         local = LocalBroker(prefer=broker).start()
         mqtt = local.url
         typer.echo(f"started a local {local.kind} broker at {mqtt}", err=True)
+    if mqtt_protocol is None:
+        mqtt_protocol = "3.1.1" if local is not None and local.kind == "amqtt" else "5"
     echo = local is not None if echo is None else echo
-    publisher = MqttPublisher(mqtt, agent_id or default_agent_id(), prefix=topic_prefix)
+    discovery = [
+        discovery_messages(ha_prefix, activity_topic(topic_prefix, s.watch_id), status_topic(topic_prefix, agent_id),
+                           agent_id, s.watch_id, classifier.meta.name, list(classifier.meta.class_names))
+        for s in sources
+    ] if ha_discovery else []
+    publisher = MqttPublisher(mqtt, agent_id, prefix=topic_prefix, security=security,
+                              outbox=Outbox(queue_dir, queue_size), protocol=mqtt_protocol, discovery=discovery,
+                              discovery_prefix=ha_prefix)
     truths: dict[tuple[str, int], str] = {}
     agent = Agent(sources, classifier, publisher, decision_period,
-                  on_decision=lambda p, truth: truths.__setitem__((p["watch"], p["seq"]), truth))
-    subscriber = EchoSubscriber(mqtt, topic_prefix, truths) if echo else None
+                  on_decision=lambda p, truth: truths.__setitem__((p["watch"], p["seq"]), truth),
+                  smoothing=smoothing, smoothing_window=smoothing_window, raw_scores=raw_scores)
+    subscriber = EchoSubscriber(mqtt, topic_prefix, truths, security) if echo else None
     try:
         if subscriber:
             subscriber.start()
@@ -278,6 +331,41 @@ def run(
         if s.labelled:
             line += f", {s.correct}/{s.labelled} match the recording's label ({s.correct / s.labelled:.1%})"
         typer.echo(line, err=True)
+
+
+@app.command("stream-accuracy")
+@one_line_errors
+def stream_accuracy(
+    data: Annotated[Path, typer.Option(help="WISDM-2019 directory (contains raw/watch/).")],
+    model: Annotated[str | None, typer.Option(help="Bundled model name or path to a .pte.")] = None,
+    subjects: SubjectsOpt = None,
+    smoothing_window: Annotated[int, typer.Option(help="N for majority and hmm smoothing.", min=1)] = 5,
+    activities: Annotated[str, typer.Option(help="Activity codes in playing order.")] = "FGOPQRS",
+    seconds: Annotated[float, typer.Option(help="Seconds of each activity.", min=5)] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per subject.")] = False,
+) -> None:
+    """Replay held-out WISDM subjects through the agent: window vs stream accuracy for each smoothing."""
+    from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
+    from l2mu.agent.smoothing import SMOOTHING_KINDS
+    from l2mu.agent.streameval import measure_wisdm_subject
+    from l2mu.model.splits import TEST_SUBJECTS
+    from l2mu.model.wisdm import watch_dir
+
+    watch_dir(data)
+    clf = ExecuTorchClassifier(resolve_model(model))
+    kinds = ["none", *[k for k in SMOOTHING_KINDS if k != "none"]]
+    for subject in parse_subjects(subjects) or list(TEST_SUBJECTS):
+        report = measure_wisdm_subject(data, subject, clf, kinds, smoothing_window, activities.replace(",", ""),
+                                       seconds)
+        if as_json:
+            typer.echo(json.dumps(report))
+            continue
+        typer.echo(f"subject {subject}, model {report['model']}, {report['activities']} × {seconds:g} s:")
+        for r in report["results"]:
+            typer.echo(f"  {r['smoothing']:<8} window acc {r['window_accuracy']:.3f} "
+                       f"(raw {r['window_accuracy_raw']:.3f})  stream acc {r['stream_accuracy']:.3f} "
+                       f"(raw {r['stream_accuracy_raw']:.3f})"
+                       f"  changes {r['changes']} (raw {r['changes_raw']})  {r['decisions']} decisions")
 
 
 def main() -> None:  # pragma: no cover - console entry point

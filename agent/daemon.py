@@ -9,14 +9,31 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from l2mu.agent.mqtt import MqttPublisher
 from l2mu.agent.pipeline import StreamAligner, Windower, normalise
 from l2mu.agent.recording import SensorSample
 from l2mu.agent.runtime import ExecuTorchClassifier
+from l2mu.agent.smoothing import DEFAULT_SMOOTHING, DEFAULT_WINDOW, Smoother, make_smoother
 from l2mu.agent.sources import ReplaySource, SourceError
 
 log = logging.getLogger(__name__)
+
+
+class DecisionSink(Protocol):
+    """Where decisions go: the MQTT publisher, or nothing when a recording is only measured."""
+
+    def publish_decision(self, watch_id: str, payload: dict) -> object: ...
+
+    def publish_scores(self, watch_id: str, payload: dict) -> object: ...
+
+
+class NullSink:
+    def publish_decision(self, watch_id: str, payload: dict) -> None:
+        pass
+
+    def publish_scores(self, watch_id: str, payload: dict) -> None:
+        pass
 
 
 @dataclass
@@ -26,6 +43,7 @@ class WatchSession:
     source: ReplaySource
     aligner: StreamAligner
     windower: Windower
+    smoother: Smoother
     seq: int = 0
     wall0: float | None = None
     t0: float = 0.0
@@ -41,13 +59,16 @@ class WatchSession:
         return self.wall0 + (t - self.t0) / speed
 
 
-def build_payload(session: WatchSession, clf: ExecuTorchClassifier, window, decision) -> dict:  # noqa: ANN001
+def build_payload(session: WatchSession, clf: ExecuTorchClassifier, window, decision,  # noqa: ANN001
+                  smoothed: int) -> dict:
     meta = clf.meta
     return {
         "watch": session.source.watch_id,
-        "activity": meta.class_names[decision.index],
-        "activity_code": meta.classes[decision.index],
-        "confidence": round(decision.confidence, 4),
+        "activity": meta.class_names[smoothed],
+        "activity_code": meta.classes[smoothed],
+        # The window's own probability of the published activity, so it reads the same for every smoother.
+        "confidence": round(float(decision.probabilities[smoothed]), 4),
+        "raw_activity": meta.class_names[decision.index],
         "scores": {n: round(float(p), 4) for n, p in zip(meta.class_names, decision.probabilities, strict=True)},
         "window_start": round(session.unix_time(window.t_start), 3),
         "window_end": round(session.unix_time(window.t_end), 3),
@@ -56,13 +77,22 @@ def build_payload(session: WatchSession, clf: ExecuTorchClassifier, window, deci
     }
 
 
+def build_scores_payload(payload: dict, decision) -> dict:  # noqa: ANN001
+    """The per-window evidence for <prefix>/scores/<watch>: raw spike counts besides the probabilities."""
+    keys = ("watch", "seq", "window_start", "window_end", "model", "raw_activity", "scores")
+    return {**{k: payload[k] for k in keys}, "counts": [round(float(c), 4) for c in decision.counts]}
+
+
 @dataclass
 class Agent:
     sources: list[ReplaySource]
     classifier: ExecuTorchClassifier
-    publisher: MqttPublisher
+    publisher: DecisionSink
     decision_period_s: float = 1.0
     on_decision: Callable[[dict, str], None] | None = None  # payload, true label ("" if unknown)
+    smoothing: str = DEFAULT_SMOOTHING
+    smoothing_window: int = DEFAULT_WINDOW
+    raw_scores: bool = False
     sessions: list[WatchSession] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -75,7 +105,8 @@ class Agent:
                     f"{src.watch_id}: model {meta.name} needs {', '.join(sorted(missing))}, which this source lacks"
                 )
             self.sessions.append(
-                WatchSession(src, StreamAligner(meta.sensors, meta.sample_rate_hz), Windower(meta.window_samples, hop))
+                WatchSession(src, StreamAligner(meta.sensors, meta.sample_rate_hz), Windower(meta.window_samples, hop),
+                             make_smoother(self.smoothing, len(meta.classes), self.smoothing_window))
             )
 
     def handle_sample(self, session: WatchSession, sample: SensorSample) -> list[dict]:
@@ -94,7 +125,8 @@ class Agent:
             if window is None:
                 continue
             decision = self.classifier.decide(normalise(window.values, meta.norm_mean, meta.norm_std))
-            payload = build_payload(session, self.classifier, window, decision)
+            smoothed = session.smoother.update(decision.probabilities)
+            payload = build_payload(session, self.classifier, window, decision, smoothed)
             truth = self._truth(session, window.t_start, window.t_end)
             if truth:
                 session.labelled += 1
@@ -102,6 +134,8 @@ class Agent:
             if self.on_decision:
                 self.on_decision(payload, truth)
             self.publisher.publish_decision(session.source.watch_id, payload)
+            if self.raw_scores:
+                self.publisher.publish_scores(session.source.watch_id, build_scores_payload(payload, decision))
             session.seq += 1
             payloads.append(payload)
         return payloads

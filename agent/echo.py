@@ -8,16 +8,24 @@ import threading
 import paho.mqtt.client as mqtt
 import typer
 
-from l2mu.agent.mqtt import BrokerAddress, MqttError
+from l2mu.agent.mqtt import BrokerAddress, MqttError, MqttSecurity
 
 
 class EchoSubscriber:
-    def __init__(self, url: str, prefix: str, truths: dict[tuple[str, int], str]) -> None:
+    def __init__(self, url: str, prefix: str, truths: dict[tuple[str, int], str],
+                 security: MqttSecurity | None = None) -> None:
         self.address = BrokerAddress.parse(url)
         self.topic = f"{prefix}/activity/#"
         self.truths = truths
         self.subscribed = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
+        security = security or MqttSecurity()
+        if security.username:
+            self._client.username_pw_set(security.username, security.password)
+        if self.address.tls:
+            self._client.tls_set(ca_certs=str(security.ca_file) if security.ca_file else None,
+                                 certfile=str(security.cert_file) if security.cert_file else None,
+                                 keyfile=str(security.key_file) if security.key_file else None)
         self._client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
         self._client.on_subscribe = lambda *_: self.subscribed.set()
         self._client.on_message = self._on_message

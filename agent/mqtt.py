@@ -1,17 +1,34 @@
-"""MQTT publishing: decisions to <prefix>/activity/<watch>, availability to <prefix>/status/<agent>."""
+"""MQTT publishing: decisions to <prefix>/activity/<watch>, availability to <prefix>/status/<agent>.
+
+Decisions go through an `Outbox` and are handed to paho by one sender thread, one batch at a
+time: the next batch only once the broker acknowledged the previous one. paho resends its own
+unacknowledged messages first after a reconnect, so holding the rest back keeps every watch's
+decisions in order across outages; messages queued while the broker is away wait in the outbox.
+See docs/mqtt.md for the topics and their semantics.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
+import queue
+import ssl
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
+from l2mu.agent.outbox import Outbox
+
 log = logging.getLogger(__name__)
+
+BATCH = 100  # decisions handed to paho at once; more would sit in paho's memory, out of the outbox's reach
+HA_STATUS = "status"
 
 
 class MqttError(RuntimeError):
@@ -39,6 +56,43 @@ class BrokerAddress:
         return cls(u.hostname, port, tls)
 
 
+@dataclass(frozen=True)
+class MqttSecurity:
+    """Credentials and TLS files. The password never appears in repr() or in any log line."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @classmethod
+    def from_options(cls, username: str | None, password_file: Path | None, ca_file: Path | None = None,
+                     cert_file: Path | None = None, key_file: Path | None = None,
+                     environ: Mapping[str, str] = os.environ) -> MqttSecurity:
+        """--username / --password-file, else $L2MU_MQTT_USERNAME / $L2MU_MQTT_PASSWORD."""
+        username = username or environ.get("L2MU_MQTT_USERNAME") or None
+        password = environ.get("L2MU_MQTT_PASSWORD") or None
+        if password_file is not None:
+            try:
+                lines = password_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise MqttError(f"--password-file {password_file}: cannot read it ({exc.strerror})") from None
+            password = lines[0] if lines else ""
+        if password is not None and not username:
+            raise MqttError("a password is given but no username (--username or L2MU_MQTT_USERNAME)")
+        for name, path in (("--ca-file", ca_file), ("--cert-file", cert_file), ("--key-file", key_file)):
+            if path is not None and not path.is_file():
+                raise MqttError(f"{name} {path}: file not found")
+        if key_file is not None and cert_file is None:
+            raise MqttError("--key-file needs --cert-file")
+        return cls(username, password, ca_file, cert_file, key_file)
+
+    @property
+    def wants_tls(self) -> bool:
+        return any((self.ca_file, self.cert_file, self.key_file))
+
+
 def status_topic(prefix: str, agent_id: str) -> str:
     return f"{prefix}/status/{agent_id}"
 
@@ -47,56 +101,180 @@ def activity_topic(prefix: str, watch_id: str) -> str:
     return f"{prefix}/activity/{watch_id}"
 
 
+def scores_topic(prefix: str, watch_id: str) -> str:
+    return f"{prefix}/scores/{watch_id}"
+
+
 class MqttPublisher:
     """Keeps one session to the broker; the will announces `offline` if the agent dies."""
 
-    def __init__(self, url: str, agent_id: str, prefix: str = "har") -> None:
+    def __init__(self, url: str, agent_id: str, prefix: str = "har", security: MqttSecurity | None = None,
+                 outbox: Outbox | None = None, protocol: str = "5",
+                 discovery: list[tuple[str, str]] | None = None, discovery_prefix: str = "homeassistant") -> None:
         self.address = BrokerAddress.parse(url)
         self.prefix = prefix
         self.agent_id = agent_id
+        self.security = security or MqttSecurity()
+        if self.security.wants_tls and not self.address.tls:
+            raise MqttError(f"broker URL {url!r}: TLS files are given, so use mqtts://")
+        if protocol not in ("5", "3.1.1"):
+            raise MqttError(f"MQTT protocol must be 5 or 3.1.1, got {protocol!r}")
+        self.outbox = outbox if outbox is not None else Outbox()  # an empty Outbox is falsy
+        self.discovery = discovery or []  # (topic, payload) Home Assistant configs
+        self.discovery_prefix = discovery_prefix
         self.connected = threading.Event()
+        self._answered = threading.Event()  # the broker replied to a CONNECT, yes or no
+        self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._denied: set[str] = set()
+        v5 = protocol == "5"
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"l2mu-agent-{agent_id}", clean_session=True
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"l2mu-agent-{agent_id}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else True,
         )
         self._client.will_set(status_topic(prefix, agent_id), "offline", qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if self.security.username:
+            self._client.username_pw_set(self.security.username, self.security.password)
         if self.address.tls:
-            self._client.tls_set()
-        self._client.max_queued_messages_set(10_000)
+            s = self.security
+            try:
+                self._client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None,
+                                     certfile=str(s.cert_file) if s.cert_file else None,
+                                     keyfile=str(s.key_file) if s.key_file else None)
+            except (ssl.SSLError, OSError) as exc:
+                raise MqttError(f"TLS files cannot be used: {exc}") from None
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender.start()
+
+    # --- paho callbacks (network thread) -------------------------------------------------------
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self._answered.set()
         if reason_code.is_failure:
-            log.error("broker %s refused the connection: %s", self.address.host, reason_code)
+            hint = " (check the user name and password)" if self.security.username else ""
+            log.error("broker %s:%d refused the connection: %s%s; retrying", self.address.host, self.address.port,
+                      reason_code, hint)
             return
         client.publish(status_topic(self.prefix, self.agent_id), "online", qos=1, retain=True)
+        if self.discovery:
+            client.subscribe(f"{self.discovery_prefix}/{HA_STATUS}", qos=1)
+            self._publish_discovery(client)
         self.connected.set()
+        self._events.put(("wake",))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        if reason_code != 0:
+        if was_connected and reason_code != 0:  # a refused CONNECT was already reported by _on_connect
             log.warning("lost the broker at %s:%d (%s); retrying", self.address.host, self.address.port, reason_code)
 
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
+        # paho calls this holding its message lock: hand the ack to the sender, never touch shared state here.
+        self._events.put(("ack", mid, reason_code))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+        for rc in reason_codes:
+            if rc.is_failure:
+                log.error("broker denied subscribing to %s/%s (%s): Home Assistant restarts will not re-trigger "
+                          "discovery", self.discovery_prefix, HA_STATUS, rc)
+
+    def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
+        if msg.topic == f"{self.discovery_prefix}/{HA_STATUS}" and msg.payload == b"online":
+            self._publish_discovery(client)
+
+    def _publish_discovery(self, client: mqtt.Client) -> None:
+        for topic, payload in self.discovery:
+            client.publish(topic, payload, qos=1, retain=True)
+
+    # --- sender thread: the only user of the outbox ---------------------------------------------
+
+    def _send_loop(self) -> None:
+        inflight: dict[int, int] = {}  # paho mid → outbox entry id
+        topics: dict[int, str] = {}
+        flushes: list[threading.Event] = []
+        while True:
+            event = self._events.get()
+            kind = event[0]
+            if kind == "stop":
+                return
+            if kind == "put":
+                try:
+                    self.outbox.put(*event[1:])
+                except OSError as exc:  # e.g. a full disk under --queue-dir: lose this one, keep the agent going
+                    log.error("could not queue a decision for %s: %s", event[1], exc)
+            elif kind == "flush":
+                flushes.append(event[1])  # queued behind every earlier put, so empty then means delivered
+            elif kind == "ack":
+                _, mid, reason_code = event
+                entry_id = inflight.pop(mid, None)
+                if entry_id is None:
+                    continue  # status or discovery message
+                topic = topics.pop(mid)
+                # A refusal (ACL) is final: retrying would only block the queue behind it, so it counts as done.
+                if reason_code.is_failure and topic not in self._denied:
+                    self._denied.add(topic)
+                    log.error("broker denied publishing to %s (%s); check its ACL", topic, reason_code)
+                self.outbox.ack(entry_id)
+            if not inflight and self.connected.is_set():
+                for entry in self.outbox.take(BATCH):
+                    info = self._client.publish(entry.topic, entry.payload, qos=1, retain=entry.retain)
+                    inflight[info.mid] = entry.id
+                    topics[info.mid] = entry.topic
+            if flushes and len(self.outbox) == 0:
+                for done in flushes:
+                    done.set()
+                flushes.clear()
+
+    # --- API (agent thread) ----------------------------------------------------------------------
+
     def connect(self, timeout: float = 10.0) -> None:
+        """Open the session. An unreachable broker or a failed TLS handshake is an error; a broker that
+        refuses the credentials is logged and retried in the background, decisions queue meanwhile."""
         try:
             self._client.connect(self.address.host, self.address.port, keepalive=30)
+        except ssl.SSLError as exc:
+            raise MqttError(f"TLS with MQTT broker {self.address.host}:{self.address.port} failed "
+                            f"({exc.reason or exc})") from exc
         except OSError as exc:
             raise MqttError(f"cannot reach MQTT broker {self.address.host}:{self.address.port} ({exc})") from exc
         self._client.loop_start()
-        if not self.connected.wait(timeout):
+        if not self._answered.wait(timeout):
             self._client.loop_stop()
             raise MqttError(f"MQTT broker {self.address.host}:{self.address.port} did not accept the connection")
 
-    def publish_decision(self, watch_id: str, payload: dict) -> mqtt.MQTTMessageInfo:
+    def publish_decision(self, watch_id: str, payload: dict) -> None:
         # Retained: a subscriber that arrives late sees the current activity at once.
-        return self._client.publish(activity_topic(self.prefix, watch_id), json.dumps(payload), qos=1, retain=True)
+        self._events.put(("put", activity_topic(self.prefix, watch_id), json.dumps(payload), True))
 
-    def close(self) -> None:
-        """Say `offline` ourselves (a clean exit sends no will), then disconnect."""
+    def publish_scores(self, watch_id: str, payload: dict) -> None:
+        # Diagnostics only: QoS 0, not retained, not queued while the broker is away.
+        if self.connected.is_set():
+            self._client.publish(scores_topic(self.prefix, watch_id), json.dumps(payload), qos=0, retain=False)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued decision is acknowledged; False if some are still waiting."""
+        done = threading.Event()
+        self._events.put(("flush", done))
+        return done.wait(timeout)
+
+    def close(self, drain_timeout: float = 10.0) -> None:
+        """Deliver what is queued, say `offline` ourselves (a clean exit sends no will), then disconnect.
+        Without an on-disk outbox it waits up to `drain_timeout` for the broker (it may be reconnecting);
+        with one, what is left while the broker is away is delivered after the next start."""
+        if (self.connected.is_set() or not self.outbox.persistent) and not self.flush(drain_timeout):
+            log.warning("%d decisions not delivered at exit%s", len(self.outbox),
+                        "; they stay in the queue directory" if self.outbox.persistent else "")
+        self._events.put(("stop",))
+        self._sender.join(5)
         if self.connected.is_set():
             info = self._client.publish(status_topic(self.prefix, self.agent_id), "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # the broker went away meanwhile
                 info.wait_for_publish(3)
         self._client.disconnect()
         self._client.loop_stop()
+        self.outbox.close()
