@@ -3,78 +3,26 @@
 from __future__ import annotations
 
 import json
-import queue
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import jsonschema
-import paho.mqtt.client as mqtt
 import pytest
 
-from l2mu.agent.recording import recording_from_wisdm, write_recording
-
-from .conftest import REPO, TINY_WINDOW, cli_command, demo_lines
-
-SCHEMA = json.loads((REPO / "docs" / "decision.schema.json").read_text())
-
-
-class Collector:
-    """A plain paho subscriber: what any consumer of har/# would see."""
-
-    def __init__(self, url: str, topic: str = "har/#") -> None:
-        host, port = url.removeprefix("mqtt://").split(":")
-        self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        ready = queue.Queue()
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: ready.put(True)
-        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, m.retain))
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-        ready.get(timeout=10)
-
-    def take(self, timeout: float = 30.0, topic: str | None = None, payload: bytes | None = None,
-             live: bool = False):  # noqa: ANN201
-        """The first message matching; live=True skips retained ones left by earlier tests."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                item = self.messages.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if (topic is None or item[0] == topic) and (payload is None or item[1] == payload) \
-                    and not (live and item[2]):
-                return item
-        raise AssertionError(f"no message on {topic} with {payload!r} within {timeout} s")
-
-    def drain(self) -> list[tuple[str, bytes, bool]]:
-        out = []
-        while not self.messages.empty():
-            out.append(self.messages.get())
-        return out
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+from .conftest import TINY_WINDOW, demo_lines
+from .test_mqtt_support import SCHEMA, Subscriber, make_recording, run_agent
 
 
 @pytest.fixture(scope="module")
 def session_file(tmp_path_factory: pytest.TempPathFactory, wisdm_root: Path) -> Path:
     path = tmp_path_factory.mktemp("replay") / "subject1601.csv.gz"
-    write_recording(path, recording_from_wisdm(wisdm_root, 1601, "FGR", seconds=12))
-    return path
-
-
-def run_agent(*args: str, **kw) -> subprocess.Popen:  # noqa: ANN003
-    return subprocess.Popen([*cli_command(), "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
+    return make_recording(wisdm_root, path)
 
 
 def test_replayed_session_publishes_schema_valid_decisions_in_order(mosquitto, tiny_program: Path,  # noqa: ANN001
                                                                     session_file: Path) -> None:
-    sub = Collector(mosquitto.url)
+    sub = Subscriber(mosquitto.port)
     try:
         proc = run_agent("--watch", f"replay:{session_file}", "--mqtt", mosquitto.url, "--model", str(tiny_program),
                          "--speed", "0", "--agent-id", "test-replay")
@@ -101,7 +49,7 @@ def test_replayed_session_publishes_schema_valid_decisions_in_order(mosquitto, t
 
 
 def test_killed_agent_leaves_offline_via_last_will(mosquitto, tiny_program: Path, session_file: Path) -> None:  # noqa: ANN001
-    sub = Collector(mosquitto.url)
+    sub = Subscriber(mosquitto.port)
     try:
         proc = run_agent("--watch", f"replay:{session_file}", "--mqtt", mosquitto.url, "--model", str(tiny_program),
                          "--agent-id", "test-kill")
@@ -114,7 +62,7 @@ def test_killed_agent_leaves_offline_via_last_will(mosquitto, tiny_program: Path
     finally:
         sub.close()
     # A late subscriber sees the retained state.
-    late = Collector(mosquitto.url, "har/status/test-kill")
+    late = Subscriber(mosquitto.port, "har/status/test-kill")
     try:
         _, payload, retained = late.take(topic="har/status/test-kill")
         assert payload == b"offline" and retained
@@ -123,7 +71,7 @@ def test_killed_agent_leaves_offline_via_last_will(mosquitto, tiny_program: Path
 
 
 def test_sigterm_publishes_offline_and_exits_cleanly(mosquitto, tiny_program: Path, session_file: Path) -> None:  # noqa: ANN001
-    sub = Collector(mosquitto.url)
+    sub = Subscriber(mosquitto.port)
     try:
         proc = run_agent("--watch", f"replay:{session_file}", "--mqtt", mosquitto.url, "--model", str(tiny_program),
                          "--agent-id", "test-term")

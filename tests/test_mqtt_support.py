@@ -44,16 +44,19 @@ class Subscriber:
         self.client.loop_start()
         self.subscribed.get(timeout=10)
 
-    def take(self, timeout: float = 30.0, topic: str | None = None, live: bool = False) -> tuple[str, bytes, bool]:
+    def take(self, timeout: float = 30.0, topic: str | None = None, live: bool = False,
+             payload: bytes | None = None) -> tuple[str, bytes, bool]:
+        """The first message matching; live=True skips retained ones left by earlier tests."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 item = self.messages.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if (topic is None or item[0] == topic) and not (live and item[2]):
+            if (topic is None or item[0] == topic) and (payload is None or item[1] == payload) \
+                    and not (live and item[2]):
                 return item
-        raise AssertionError(f"no message on {topic} within {timeout} s")
+        raise AssertionError(f"no message on {topic} with {payload!r} within {timeout} s")
 
     def drain(self, quiet: float = 0.5) -> list[tuple[str, bytes, bool]]:
         """Everything received until nothing arrived for `quiet` seconds."""
