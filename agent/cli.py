@@ -279,6 +279,7 @@ def run(
     from l2mu.agent.mqtt import MqttPublisher, MqttSecurity, activity_topic, status_topic
     from l2mu.agent.outbox import Outbox
     from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
+    from l2mu.agent.sdnotify import Notifier
     from l2mu.agent.smoothing import make_smoother
     from l2mu.agent.sources import parse_source
 
@@ -290,6 +291,8 @@ def run(
     sources = [parse_source(spec, speed) for spec in watch]
     if len({s.watch_id for s in sources}) != len(sources):
         raise ValueError("two --watch sources have the same watch id")
+    notifier = Notifier()  # systemd Type=notify; does nothing outside systemd
+    notifier.status("loading model")
     classifier = ExecuTorchClassifier(resolve_model(model))
     agent_id = agent_id or default_agent_id()
     local = None
@@ -311,21 +314,27 @@ def run(
     truths: dict[tuple[str, int], str] = {}
     agent = Agent(sources, classifier, publisher, decision_period,
                   on_decision=lambda p, truth: truths.__setitem__((p["watch"], p["seq"]), truth),
-                  smoothing=smoothing, smoothing_window=smoothing_window, raw_scores=raw_scores)
+                  smoothing=smoothing, smoothing_window=smoothing_window, raw_scores=raw_scores, notifier=notifier)
     subscriber = EchoSubscriber(mqtt, topic_prefix, truths, security) if echo else None
     try:
         if subscriber:
             subscriber.start()
+        notifier.status(f"connecting to {publisher.address.host}:{publisher.address.port}")
         publisher.connect()
+        # Ready only now: the model loaded and the broker took the session, so systemd's ordering means something.
+        notifier.ready(f"running: {len(sources)} watch(es), model {classifier.meta.name}, "
+                        f"broker {publisher.address.host}:{publisher.address.port}")
         asyncio.run(agent.run())
     except KeyboardInterrupt:
         pass
     finally:
+        notifier.stopping()
         publisher.close()
         if subscriber:
             subscriber.stop()
         if local:
             local.stop()
+        notifier.close()
     for s in agent.sessions:
         line = f"{s.source.watch_id}: {s.seq} decisions"
         if s.labelled:

@@ -14,6 +14,7 @@ from typing import Protocol
 from l2mu.agent.pipeline import StreamAligner, Windower, normalise
 from l2mu.agent.recording import SensorSample
 from l2mu.agent.runtime import ExecuTorchClassifier
+from l2mu.agent.sdnotify import Notifier, watchdog_pings
 from l2mu.agent.smoothing import DEFAULT_SMOOTHING, DEFAULT_WINDOW, Smoother, make_smoother
 from l2mu.agent.sources import ReplaySource, SourceError
 
@@ -51,6 +52,8 @@ class WatchSession:
     truth_by_seq: dict[int, str] = field(default_factory=dict)
     correct: int = 0
     labelled: int = 0
+    # Monotonic time of the last sample out of the source; None once the source has ended for good.
+    last_progress: float | None = field(default_factory=time.monotonic)
 
     def unix_time(self, t: float) -> float:
         # Map the watch clock onto wall time, anchored at the first sample, scaled by replay speed.
@@ -93,6 +96,8 @@ class Agent:
     smoothing: str = DEFAULT_SMOOTHING
     smoothing_window: int = DEFAULT_WINDOW
     raw_scores: bool = False
+    notifier: Notifier | None = None  # systemd's notify socket: WATCHDOG=1 while every watch makes progress
+    stall_after_s: float | None = None  # a watch silent this long counts as stalled (default: the watchdog interval)
     sessions: list[WatchSession] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -146,10 +151,25 @@ class Agent:
         return labels.most_common(1)[0][0] if labels else ""
 
     async def _run_watch(self, session: WatchSession) -> None:
-        async for sample in session.source.stream():
-            self.handle_sample(session, sample)
-            if session.source.speed == 0:
-                await asyncio.sleep(0)  # unpaced replay must still let signals and other watches in
+        session.last_progress = time.monotonic()
+        try:
+            async for sample in session.source.stream():
+                session.last_progress = time.monotonic()
+                self.handle_sample(session, sample)
+                if session.source.speed == 0:
+                    await asyncio.sleep(0)  # unpaced replay must still let signals and other watches in
+        finally:
+            session.last_progress = None  # an ended source is not a stalled one
+
+    def healthy(self, now: float | None = None) -> bool:
+        """True while every watch still streaming delivered a sample within the stall limit."""
+        limit = self.stall_after_s
+        if limit is None:
+            limit = self.notifier.watchdog_s if self.notifier and self.notifier.watchdog_s else None
+        if limit is None:
+            return True
+        now = time.monotonic() if now is None else now
+        return all(s.last_progress is None or now - s.last_progress < limit for s in self.sessions)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -158,6 +178,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         waiter = asyncio.create_task(stop.wait())
+        watchdog = asyncio.create_task(watchdog_pings(self.notifier, self.healthy)) if self.notifier else None
         try:
             pending = set(tasks)
             while pending and not stop.is_set():
@@ -171,5 +192,8 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             waiter.cancel()
+            if watchdog:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
