@@ -49,7 +49,6 @@ class WatchSession:
     wall0: float | None = None
     t0: float = 0.0
     recent_labels: deque = field(default_factory=lambda: deque(maxlen=400))
-    truth_by_seq: dict[int, str] = field(default_factory=dict)
     correct: int = 0
     labelled: int = 0
     # Monotonic time of the last sample out of the source; None once the source has ended for good.

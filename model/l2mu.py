@@ -230,15 +230,3 @@ class L2MU(nn.Module):
             out, *state = self.step(x[:, t], *state)
             counts = counts + out
         return counts
-
-    def forward_with_activity(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Like forward, also returning total spikes per population (for synaptic-operation counts)."""
-        state = self.initial_state(x.shape[0])
-        counts = torch.zeros(x.shape[0], self.cfg.n_classes, device=x.device)
-        totals = {name: torch.zeros(x.shape[0], device=x.device) for name in ("x", "u", "m", "h")}
-        for t in range(x.shape[1]):
-            out, *state = self.step(x[:, t], *state)
-            counts = counts + out
-            totals["h"] += state[-2].sum(-1)
-            totals["m"] += state[-1].sum(-1)
-        return counts, totals
