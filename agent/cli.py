@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from l2mu.agent.broker import BrokerError
+from l2mu.agent.config import ConfigError
 from l2mu.agent.mqtt import MqttError
 from l2mu.agent.outbox import OutboxError
 from l2mu.agent.recording import RecordingError
@@ -30,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 KNOWN_ERRORS = (DatasetError, ModelFileError, RecordingError, SourceError, MqttError, BrokerError, OutboxError,
-                ValueError)
+                ConfigError, ValueError)
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -222,9 +223,15 @@ def default_agent_id() -> str:
 @app.command()
 @one_line_errors
 def run(
+    ctx: typer.Context,
     watch: Annotated[
-        list[str], typer.Option(help="BLE address, 'demo' or 'replay:FILE'; repeat for several watches.")
-    ],
+        list[str] | None, typer.Option(help="BLE address, 'demo' or 'replay:FILE'; repeat for several watches. "
+                                             "Default: the config file's `watches`.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with defaults for these options (see systemd/config.example.toml)."
+                                       " Command-line options and L2MU_* variables override it.")
+    ] = None,
     mqtt: Annotated[
         str | None, typer.Option(help="Broker URL (mqtt://host:port or mqtts://host:port). Default: start a "
                                       "local broker.")
@@ -272,6 +279,30 @@ def run(
     ] = None,
 ) -> None:
     """Recognise activities from watches (or recordings) and publish them over MQTT."""
+    serve(**run_options(ctx, config))
+
+
+def run_options(ctx: typer.Context, config: Path | None) -> dict[str, Any]:
+    """`run`'s parameters after the environment overrides and the config file have filled in what was not given."""
+    import os
+
+    from l2mu.agent.config import environment_overrides, load_config, merge_options
+
+    given = {name: value for name, value in ctx.params.items() if name != "config"}
+    # By name: typer ships its own copy of click, so click.core.ParameterSource is a different enum.
+    explicit = {name for name in given if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    options = merge_options(given, explicit, environment_overrides(os.environ), load_config(config) if config else {})
+    if not options["watch"]:
+        raise ConfigError("no watch given: use --watch, L2MU_WATCHES or `watches` in the --config file")
+    return options
+
+
+def serve(watch: list[str], mqtt: str | None, model: str | None, speed: float, agent_id: str | None,
+          topic_prefix: str, decision_period: float, echo: bool | None, broker: str, smoothing: str,
+          smoothing_window: int, raw_scores: bool, ha_discovery: bool, ha_prefix: str, queue_dir: Path | None,
+          queue_size: int, username: str | None, password_file: Path | None, ca_file: Path | None,
+          cert_file: Path | None, key_file: Path | None, mqtt_protocol: str | None) -> None:
+    """The agent itself, with every option settled."""
     from l2mu.agent.broker import LocalBroker
     from l2mu.agent.daemon import Agent
     from l2mu.agent.echo import EchoSubscriber
@@ -340,6 +371,25 @@ def run(
         if s.labelled:
             line += f", {s.correct}/{s.labelled} match the recording's label ({s.correct / s.labelled:.1%})"
         typer.echo(line, err=True)
+
+
+@app.command()
+@one_line_errors
+def doctor(
+    config: Annotated[Path | None, typer.Option(help="The `run --config` file to check against.")] = None,
+    watch: Annotated[list[str] | None, typer.Option(help="Watches to check (default: the config's).")] = None,
+    mqtt: Annotated[str | None, typer.Option(help="Broker URL (default: the config's).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (default: the config's).")] = None,
+) -> None:
+    """Check D-Bus, BlueZ, the broker (with the configured credentials) and the model; exit 1 if any fails."""
+    from l2mu.agent.doctor import doctor_options, run_checks
+
+    given = {"watch": watch or None, "mqtt": mqtt, "model": model}
+    results = run_checks(doctor_options(config, given, {k for k, v in given.items() if v is not None}))
+    for r in results:
+        typer.echo(r.line())
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 @app.command("stream-accuracy")

@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import cli_command
 
-COMMANDS = ["train", "evaluate", "export", "run", "models", "wisdm-recording", "stream-accuracy"]
+COMMANDS = ["train", "evaluate", "export", "run", "models", "wisdm-recording", "stream-accuracy", "doctor"]
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
