@@ -62,7 +62,16 @@ def check_bluez() -> CheckResult:
         return CheckResult("BlueZ", False, f"cannot ask the system bus: {reason}")
     if "boolean true" not in proc.stdout:
         return CheckResult("BlueZ", False, "org.bluez is not on the system bus (is bluetoothd running?)")
-    return CheckResult("BlueZ", True, "org.bluez is on the system bus")
+    # bluetoothd runs happily with no radio: only an object implementing Adapter1 means one exists.
+    cmd = ["dbus-send", "--system", "--print-reply", "--reply-timeout=2000", "--dest=org.bluez", "/",
+           "org.freedesktop.DBus.ObjectManager.GetManagedObjects"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return CheckResult("BlueZ", False, "bluetoothd did not list its objects within 5 s")
+    if proc.returncode != 0 or "org.bluez.Adapter1" not in proc.stdout:
+        return CheckResult("BlueZ", False, "bluetoothd runs but reports no Bluetooth adapter")
+    return CheckResult("BlueZ", True, "bluetoothd is on the system bus with an adapter")
 
 
 def check_broker(url: str | None, security: Any, protocol: str, timeout: float = 5.0) -> CheckResult:
