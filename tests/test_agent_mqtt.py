@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ import jsonschema
 import pytest
 
 from .conftest import TINY_WINDOW, demo_lines
-from .test_mqtt_support import SCHEMA, Subscriber, make_recording, run_agent
+from .test_mqtt_support import SCHEMA, Subscriber, decisions, make_recording, run_agent
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +31,20 @@ def test_replayed_session_publishes_schema_valid_decisions_in_order(mosquitto, t
         msgs = sub.drain()
     finally:
         sub.close()
-    decisions = [json.loads(p) for t, p, _ in msgs if t == "har/activity/subject1601"]
+    published = decisions(msgs, "har/activity/subject1601")
     # 36 s of data, one decision per second once the first window is full.
-    assert 30 <= len(decisions) <= 36
-    for d in decisions:
+    assert 30 <= len(published) <= 36
+    for d in published:
         jsonschema.validate(d, SCHEMA)
         assert d["model"] == "tiny-test" and d["watch"] == "subject1601"
         assert d["activity"] in d["scores"] and abs(sum(d["scores"].values()) - 1) < 1e-3
         assert d["window_end"] - d["window_start"] == pytest.approx((TINY_WINDOW - 1) / 20, abs=1e-3)
-    assert [d["seq"] for d in decisions] == list(range(len(decisions)))
-    steps = [b["window_end"] - a["window_end"] for a, b in zip(decisions, decisions[1:], strict=False)]
+    assert [d["seq"] for d in published] == list(range(len(published)))
+    steps = [b["window_end"] - a["window_end"] for a, b in zip(published, published[1:], strict=False)]
     assert all(abs(s - 1.0) < 1e-3 for s in steps)
     status = [(p, r) for t, p, r in msgs if t == "har/status/test-replay"]
     assert status[0][0] == b"online" and status[-1][0] == b"offline"
-    assert f"{len(decisions)} decisions" in err
+    assert f"{len(published)} decisions" in err
 
 
 def test_killed_agent_leaves_offline_via_last_will(mosquitto, tiny_program: Path, session_file: Path) -> None:  # noqa: ANN001

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from l2mu.agent.config import ConfigError, environment_overrides, load_config, merge_options
 
 from .conftest import cli_command
-from .test_mqtt_support import Subscriber, make_recording, run_agent
+from .test_mqtt_support import Subscriber, decisions, make_recording, run_agent
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -128,7 +127,7 @@ def test_replay_run_driven_by_the_config_file_alone(mosquitto, tiny_program: Pat
         msgs = sub.drain()
     finally:
         sub.close()
-    decisions = [json.loads(p) for t, p, _ in msgs if t == "cfg/activity/cfgsession"]
-    assert len(decisions) >= 5 and all(d["model"] == "tiny-test" for d in decisions)
+    published = decisions(msgs, "cfg/activity/cfgsession")
+    assert len(published) >= 5 and all(d["model"] == "tiny-test" for d in published)
     status = [p for t, p, _ in msgs if t == "cfg/status/test-config"]
     assert status[0] == b"online" and status[-1] == b"offline"
