@@ -142,6 +142,15 @@ class LocalBroker:
             self._dir.cleanup()
             self._dir = None
 
+    def kill(self) -> None:
+        """mosquitto only: SIGKILL, as a crash or the OOM killer would, without its clean shutdown."""
+        if self._proc is None:
+            raise BrokerError("kill() is for a running mosquitto")
+        self._proc.kill()
+        self._proc.wait(5)
+        self._proc = None
+        self.stop()
+
     def __enter__(self) -> LocalBroker:
         return self.start()
 

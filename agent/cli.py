@@ -15,6 +15,9 @@ from typing import Annotated, Any
 
 import typer
 
+from l2mu.agent.bench_cli import bench_app
+from l2mu.agent.ble_cli import RetryBudgetOpt, ScanTimeoutOpt, ble_options
+from l2mu.agent.ble_cli import register as register_ble_commands
 from l2mu.agent.broker import BrokerError
 from l2mu.agent.config import ConfigError
 from l2mu.agent.mqtt import MqttError
@@ -63,6 +66,30 @@ def parse_subjects(values: list[str] | None) -> list[int] | None:
     return out
 
 
+def parse_overrides(arch: str, items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE pairs, checked against the chosen architecture's config and typed like its defaults."""
+    import dataclasses
+
+    from l2mu.model.baselines import BaselineConfig
+    from l2mu.model.l2mu import L2MUConfig
+
+    fields = {f.name: f for f in dataclasses.fields(L2MUConfig if arch == "l2mu" else BaselineConfig)}
+    fixed = {"n_channels", "n_classes", "neuron", "arch"}  # set by --sensors, --classes, --neuron, --arch
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields or key in fixed:
+            allowed = ", ".join(sorted(set(fields) - fixed))
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {allowed}")
+        kind = type(fields[key].default)
+        try:
+            out[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {key} must be {kind.__name__}") from None
+    return out
+
+
 SubjectsOpt = Annotated[
     list[str] | None, typer.Option("--subjects", help="Subject ids, comma-separated or repeated.")
 ]
@@ -81,6 +108,11 @@ def train(
     classes: Annotated[str, typer.Option(help="hand7 or hand8 (hand7 + other).")] = "hand7",
     sensors: Annotated[str, typer.Option(help="acc-gyro or acc.")] = "acc-gyro",
     neuron: Annotated[str, typer.Option(help="leaky (LIF) or synaptic (current-based LIF).")] = "leaky",
+    arch: Annotated[str, typer.Option(help="l2mu, or a non-spiking baseline: lmu, gru.")] = "l2mu",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Model hyper-parameter KEY=VALUE (e.g. hidden=128, theta=20); repeatable."),
+    ] = None,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (quick runs).")] = None,
@@ -99,11 +131,14 @@ def train(
         raise ValueError(f"--sensors must be one of {', '.join(SENSOR_SETS)}")
     if neuron not in ("leaky", "synaptic"):
         raise ValueError("--neuron must be leaky or synaptic")
+    if arch not in ("l2mu", "lmu", "gru"):
+        raise ValueError("--arch must be l2mu, lmu or gru")
+    model_overrides = {"dropout": dropout, **parse_overrides(arch, overrides or [])}
     cfg = TrainConfig(
         data=data, out=out, classes=classes, sensors=sensors, neuron=neuron, epochs=epochs, seed=seed,
         batch_size=batch_size, subjects=parse_subjects(subjects), val_subjects=parse_subjects(val_subjects),
-        max_steps_per_epoch=max_steps_per_epoch, patience=patience, rotate_deg=rotate_deg,
-        model={"dropout": dropout},
+        max_steps_per_epoch=max_steps_per_epoch, patience=patience, rotate_deg=rotate_deg, arch=arch,
+        model=model_overrides,
     )
     report = run_training(cfg, progress=sys.stderr.isatty())
     val = report["validation"]
@@ -124,18 +159,22 @@ def evaluate(
     hop: Annotated[
         int | None, typer.Option(min=1, help="Samples between windows (default: the window length, no overlap).")
     ] = None,
+    cost: Annotated[
+        bool, typer.Option(help="Also count SynOps (L2MU) or MACs (baselines) per window; needs the .pt checkpoint.")
+    ] = True,
 ) -> None:
     """Window accuracy, macro-F1, per-class scores and confusion of a model on WISDM subjects."""
     import numpy as np
 
+    from l2mu.model.checkpoint import load_checkpoint
     from l2mu.model.evaluate import evaluate_windows
+    from l2mu.model.synops import compute_cost
     from l2mu.model.wisdm import watch_dir
 
     watch_dir(data)  # a wrong --data is reported before any model is loaded
+    cost_fn = None
     if model and model.endswith(".pt"):
         import torch
-
-        from l2mu.model.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(Path(model))
         meta = ckpt.metadata
@@ -146,13 +185,22 @@ def evaluate(
     else:
         from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
 
-        clf = ExecuTorchClassifier(resolve_model(model))
+        program = resolve_model(model)
+        clf = ExecuTorchClassifier(program)
         meta = clf.meta
+        # Scores come from the program; spikes can only be counted on its eager twin, when shipped beside it.
+        ckpt = load_checkpoint(program.with_suffix(".pt")) if program.with_suffix(".pt").is_file() else None
 
         def counts_fn(x: np.ndarray) -> np.ndarray:
             return np.stack([clf.counts(w) for w in x])
 
-    result = evaluate_windows(data, meta, counts_fn, parse_subjects(subjects), hop=hop)
+    if ckpt is not None and cost:
+        eager = ckpt.model
+
+        def cost_fn(x: np.ndarray) -> dict:
+            return compute_cost(eager, x)
+
+    result = evaluate_windows(data, meta, counts_fn, parse_subjects(subjects), hop=hop, cost_fn=cost_fn)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -160,27 +208,98 @@ def evaluate(
     typer.echo(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
     for name, m in result["per_class"].items():
         typer.echo(f"  {name:<10} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
+    if "cost" in result:
+        c = result["cost"]
+        ops = f"SynOps {c['synops_per_window']:,.0f}" if "synops_per_window" in c else f"MACs {c['macs_per_window']:,}"
+        typer.echo(f"{c['params']:,} parameters; {ops} per window")
 
 
 @app.command()
 @one_line_errors
 def export(
-    checkpoint: Annotated[Path, typer.Option(help="Trained checkpoint.pt from `train`.")],
+    checkpoint: Annotated[Path, typer.Option(help="Trained checkpoint.pt from `train` (or `compress`).")],
     out: Annotated[Path, typer.Option(help="Program to write (FILE.pte; FILE.json is written beside it).")],
+    quantize: Annotated[
+        str, typer.Option(help="none, or int8: PT2E int8 Linear layers (XNNPACK quantizer), calibrated on "
+                               "training-subject windows from --data.")
+    ] = "none",
+    data: Annotated[Path | None, typer.Option(help="WISDM-2019 directory, for int8 calibration.")] = None,
+    calibration_windows: Annotated[int, typer.Option(min=1, help="Training windows int8 calibrates on.")] = 512,
+    onnx: Annotated[
+        Path | None, typer.Option(help="Also write the same graphs as ONNX (FILE.onnx + FILE-step.onnx), for "
+                                       "comparison with ONNX Runtime (`bench`).")
+    ] = None,
 ) -> None:
-    """Export a checkpoint to an ExecuTorch program (XNNPACK) with `forward` and `step` methods."""
-    from l2mu.export.executorch_export import export_program
+    """Export a checkpoint to an ExecuTorch program (XNNPACK) with `forward` (a window) and `step` (one sample
+    + state) methods."""
+    from l2mu.export.executorch_export import QUANTIZE_CHOICES, export_program
     from l2mu.model.checkpoint import load_checkpoint
 
     if out.suffix != ".pte":
         raise ValueError(f"--out {out}: the program file must end in .pte")
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
+    if quantize == "int8" and data is None:
+        raise ValueError("--quantize int8 needs --data (calibration on training-subject windows)")
+    if onnx is not None and onnx.suffix != ".onnx":
+        raise ValueError(f"--onnx {onnx}: the file must end in .onnx")
     from l2mu.agent.runtime import native_stderr_silenced
 
     ckpt = load_checkpoint(checkpoint)
+    calibration = None
+    if quantize == "int8":
+        from l2mu.export.data import calibration_windows as load_calibration
+        from l2mu.model.wisdm import watch_dir
+
+        watch_dir(data)
+        calibration = load_calibration(data, ckpt.metadata, limit=calibration_windows)
     with native_stderr_silenced():  # torch.export and the lowering passes warn about their own internals
-        meta = export_program(ckpt, out)
+        meta = export_program(ckpt, out, quantize=quantize, calibration=calibration)
+        if onnx is not None:
+            from l2mu.export.onnx_export import export_onnx
+
+            written = export_onnx(ckpt, onnx)
+    if onnx is not None:
+        typer.echo(f"wrote {', '.join(f'{p} ({p.stat().st_size} bytes)' for p in written.values())}")
     typer.echo(f"wrote {out} ({out.stat().st_size} bytes) and {out.with_suffix('.json').name}: {meta.name}, "
                f"classes {','.join(meta.classes)}, sensors {'+'.join(meta.sensors)}")
+
+
+@app.command()
+@one_line_errors
+def compress(
+    checkpoint: Annotated[Path, typer.Option(help="Trained checkpoint.pt to prune.")],
+    data: Annotated[Path, typer.Option(help="WISDM-2019 directory (contains raw/watch/).")],
+    out: Annotated[Path, typer.Option(help="Pruned, fine-tuned checkpoint to write (.pt); `export` it after.")],
+    sparsity: Annotated[float, typer.Option(min=0, max=0.99, help="Fraction of synapse weights set to zero.")],
+    finetune_epochs: Annotated[int, typer.Option(min=0, help="Fine-tuning epochs with the masks applied.")] = 3,
+    scope: Annotated[str, typer.Option(help="layer (the fraction in every Linear layer) or global (one "
+                                            "magnitude threshold across them).")] = "layer",
+    lr: Annotated[float, typer.Option(min=0, help="Fine-tuning learning rate (AdamW).")] = 5e-4,
+    seed: int = 0,
+    subjects: SubjectsOpt = None,
+    val_subjects: Annotated[
+        list[str] | None, typer.Option("--val-subjects", help="Validation subjects (default: the checkpoint's).")
+    ] = None,
+    max_steps_per_epoch: Annotated[int | None, typer.Option(min=1, help="Cap steps per epoch (quick runs).")]
+    = None,
+) -> None:
+    """Magnitude-prune a checkpoint's synapses and fine-tune it with the masks kept (best validation epoch)."""
+    from l2mu.export.compress import FinetuneConfig, compress_checkpoint
+    from l2mu.model.wisdm import watch_dir
+
+    if out.suffix != ".pt":
+        raise ValueError(f"--out {out}: the checkpoint file must end in .pt")
+    watch_dir(data)
+    cfg = FinetuneConfig(sparsity=sparsity, epochs=finetune_epochs, scope=scope, lr=lr, seed=seed,
+                         max_steps_per_epoch=max_steps_per_epoch, subjects=parse_subjects(subjects),
+                         val_subjects=parse_subjects(val_subjects))
+    report = compress_checkpoint(checkpoint, data, out, cfg)
+    out.with_suffix(".report.json").write_text(json.dumps(report, indent=2) + "\n")
+    best = report["history"][report["best_epoch"]]["val_macro_f1"]
+    typer.echo(f"wrote {out}: {report['achieved']['overall']:.1%} of {report['achieved']['weights']} synapse weights "
+               f"zero, best epoch {report['best_epoch']} of {report['finetune_epochs']}"
+               + (f", validation macro-F1 {best:.3f}" if best is not None else ""))
 
 
 @app.command()
@@ -228,6 +347,12 @@ def run(
         list[str] | None, typer.Option(help="BLE address, 'demo' or 'replay:FILE'; repeat for several watches. "
                                              "Default: the config file's `watches`.")
     ] = None,
+    protocol: Annotated[
+        list[str] | None, typer.Option(help="Protocol of the Bluetooth watches: auto, polar, infinitime, metawear, "
+                                            "bangle or l2mu; once for all, or once per address in --watch order.")
+    ] = None,
+    scan_timeout: ScanTimeoutOpt = 10.0,
+    retry_budget: RetryBudgetOpt = 120.0,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with defaults for these options (see systemd/config.example.toml)."
                                        " Command-line options and L2MU_* variables override it.")
@@ -301,7 +426,8 @@ def serve(watch: list[str], mqtt: str | None, model: str | None, speed: float, a
           topic_prefix: str, decision_period: float, echo: bool | None, broker: str, smoothing: str,
           smoothing_window: int, raw_scores: bool, ha_discovery: bool, ha_prefix: str, queue_dir: Path | None,
           queue_size: int, username: str | None, password_file: Path | None, ca_file: Path | None,
-          cert_file: Path | None, key_file: Path | None, mqtt_protocol: str | None) -> None:
+          cert_file: Path | None, key_file: Path | None, mqtt_protocol: str | None,
+          protocol: list[str] | None = None, scan_timeout: float = 10.0, retry_budget: float = 120.0) -> None:
     """The agent itself, with every option settled."""
     from l2mu.agent.broker import LocalBroker
     from l2mu.agent.daemon import Agent
@@ -309,21 +435,22 @@ def serve(watch: list[str], mqtt: str | None, model: str | None, speed: float, a
     from l2mu.agent.hass import discovery_messages
     from l2mu.agent.mqtt import MqttPublisher, MqttSecurity, activity_topic, status_topic
     from l2mu.agent.outbox import Outbox
-    from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
+    from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model, single_threaded_kernels
     from l2mu.agent.sdnotify import Notifier
     from l2mu.agent.smoothing import make_smoother
-    from l2mu.agent.sources import parse_source
+    from l2mu.agent.sources import parse_sources
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Until the main loop takes over SIGTERM, treat it like Ctrl-C so start-up is interruptible cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     make_smoother(smoothing, 2, smoothing_window)  # a bad --smoothing fails before the model loads
     security = MqttSecurity.from_options(username, password_file, ca_file, cert_file, key_file)
-    sources = [parse_source(spec, speed) for spec in watch]
+    sources = parse_sources(watch, speed, protocol, ble_options(scan_timeout, retry_budget))
     if len({s.watch_id for s in sources}) != len(sources):
         raise ValueError("two --watch sources have the same watch id")
     notifier = Notifier()  # systemd Type=notify; does nothing outside systemd
     notifier.status("loading model")
+    single_threaded_kernels()  # before any program loads: a window is too small to share out among threads
     classifier = ExecuTorchClassifier(resolve_model(model))
     agent_id = agent_id or default_agent_id()
     local = None
@@ -371,6 +498,8 @@ def serve(watch: list[str], mqtt: str | None, model: str | None, speed: float, a
         if s.labelled:
             line += f", {s.correct}/{s.labelled} match the recording's label ({s.correct / s.labelled:.1%})"
         typer.echo(line, err=True)
+    if agent.failures and not agent.stop_requested:  # the agent ended because watches failed, not on request
+        raise SourceError("; ".join(str(e) for e in agent.failures.values()))
 
 
 @app.command()
@@ -425,6 +554,10 @@ def stream_accuracy(
                        f"(raw {r['window_accuracy_raw']:.3f})  stream acc {r['stream_accuracy']:.3f} "
                        f"(raw {r['stream_accuracy_raw']:.3f})"
                        f"  changes {r['changes']} (raw {r['changes_raw']})  {r['decisions']} decisions")
+
+
+register_ble_commands(app, one_line_errors)
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:  # pragma: no cover - console entry point

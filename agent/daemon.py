@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -11,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from l2mu.agent.intake import StreamGap
 from l2mu.agent.pipeline import StreamAligner, Windower, normalise
 from l2mu.agent.recording import SensorSample
-from l2mu.agent.runtime import ExecuTorchClassifier
+from l2mu.agent.runtime import ExecuTorchClassifier, decision_from_counts
 from l2mu.agent.sdnotify import Notifier, watchdog_pings
 from l2mu.agent.smoothing import DEFAULT_SMOOTHING, DEFAULT_WINDOW, Smoother, make_smoother
-from l2mu.agent.sources import ReplaySource, SourceError
+from l2mu.agent.sources import Source, SourceError, WatchConnected
+from l2mu.agent.streaming import StepWindower
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +44,9 @@ class NullSink:
 class WatchSession:
     """One watch's pipeline state and its decision counter (`seq` never skips)."""
 
-    source: ReplaySource
+    source: Source
     aligner: StreamAligner
-    windower: Windower
+    windower: Windower | StepWindower
     smoother: Smoother
     seq: int = 0
     wall0: float | None = None
@@ -53,6 +56,8 @@ class WatchSession:
     labelled: int = 0
     # Monotonic time of the last sample out of the source; None once the source has ended for good.
     last_progress: float | None = field(default_factory=time.monotonic)
+    # The model this watch feeds when it is not the agent's (a watch without the sensors that one needs).
+    classifier: ExecuTorchClassifier | None = None
 
     def unix_time(self, t: float) -> float:
         # Map the watch clock onto wall time, anchored at the first sample, scaled by replay speed.
@@ -87,7 +92,7 @@ def build_scores_payload(payload: dict, decision) -> dict:  # noqa: ANN001
 
 @dataclass
 class Agent:
-    sources: list[ReplaySource]
+    sources: list[Source]
     classifier: ExecuTorchClassifier
     publisher: DecisionSink
     decision_period_s: float = 1.0
@@ -95,23 +100,52 @@ class Agent:
     smoothing: str = DEFAULT_SMOOTHING
     smoothing_window: int = DEFAULT_WINDOW
     raw_scores: bool = False
+    # "step": the model advances on every sample (l2mu.agent.streaming); "window": `forward` on each
+    # whole window. Both give the same decisions; step spreads the work evenly over the samples.
+    inference: str = "step"
     notifier: Notifier | None = None  # systemd's notify socket: WATCHDOG=1 while every watch makes progress
     stall_after_s: float | None = None  # a watch silent this long counts as stalled (default: the watchdog interval)
     sessions: list[WatchSession] = field(default_factory=list)
+    failures: dict[str, BaseException] = field(default_factory=dict)  # watch id → why it stopped
+    stop_requested: bool = False
+    _classifiers: dict[str, ExecuTorchClassifier] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         meta = self.classifier.meta
-        hop = max(1, round(self.decision_period_s * meta.sample_rate_hz))
         for src in self.sources:
             missing = set(meta.sensors) - src.sensors
-            if missing:
+            if missing and getattr(src, "sensors_known", True):  # a live watch tells once connected
                 raise SourceError(
                     f"{src.watch_id}: model {meta.name} needs {', '.join(sorted(missing))}, which this source lacks"
                 )
-            self.sessions.append(
-                WatchSession(src, StreamAligner(meta.sensors, meta.sample_rate_hz), Windower(meta.window_samples, hop),
-                             make_smoother(self.smoothing, len(meta.classes), self.smoothing_window))
-            )
+            aligner, windower, smoother = self._pipeline(self.classifier)
+            self.sessions.append(WatchSession(src, aligner, windower, smoother))
+
+    def _pipeline(self, clf: ExecuTorchClassifier) -> tuple[StreamAligner, Windower | StepWindower, Smoother]:
+        meta = clf.meta
+        hop = max(1, round(self.decision_period_s * meta.sample_rate_hz))
+        windower = (StepWindower(clf, meta.window_samples, hop) if self.inference == "step"
+                    else Windower(meta.window_samples, hop))
+        return (StreamAligner(meta.sensors, meta.sample_rate_hz), windower,
+                make_smoother(self.smoothing, len(meta.classes), self.smoothing_window))
+
+    def adopt_sensors(self, session: WatchSession, event: WatchConnected) -> None:
+        """A live watch connected: feed it a model it has the sensors for (SourceError if there is none)."""
+        from l2mu.agent.model_choice import model_for_sensors
+
+        current = session.classifier or self.classifier
+        path = model_for_sensors(self.classifier.meta, self.classifier.path, event.sensors, session.source.watch_id)
+        if path == self.classifier.path:
+            chosen = self.classifier
+        else:
+            if str(path) not in self._classifiers:
+                self._classifiers[str(path)] = ExecuTorchClassifier(path)
+            chosen = self._classifiers[str(path)]
+        if chosen is not current:
+            log.info("%s streams %s: using model %s", session.source.watch_id, "+".join(event.sensors),
+                     chosen.meta.name)
+            session.classifier = chosen
+            session.aligner, session.windower, session.smoother = self._pipeline(chosen)
 
     def handle_sample(self, session: WatchSession, sample: SensorSample) -> list[dict]:
         """Feed one raw sample through the pipeline; returns the decisions it completed."""
@@ -123,14 +157,18 @@ class Agent:
         if gap:
             session.windower.reset()  # a window never spans a gap
         payloads = []
-        meta = self.classifier.meta
+        clf = session.classifier or self.classifier
+        meta = clf.meta
         for g in grid:
             window = session.windower.push(g)
             if window is None:
                 continue
-            decision = self.classifier.decide(normalise(window.values, meta.norm_mean, meta.norm_std))
+            if window.counts is not None:  # the step path ran the model as the samples came
+                decision = decision_from_counts(window.counts)
+            else:
+                decision = clf.decide(normalise(window.values, meta.norm_mean, meta.norm_std))
             smoothed = session.smoother.update(decision.probabilities)
-            payload = build_payload(session, self.classifier, window, decision, smoothed)
+            payload = build_payload(session, clf, window, decision, smoothed)
             truth = self._truth(session, window.t_start, window.t_end)
             if truth:
                 session.labelled += 1
@@ -152,11 +190,19 @@ class Agent:
     async def _run_watch(self, session: WatchSession) -> None:
         session.last_progress = time.monotonic()
         try:
-            async for sample in session.source.stream():
-                session.last_progress = time.monotonic()
-                self.handle_sample(session, sample)
-                if session.source.speed == 0:
-                    await asyncio.sleep(0)  # unpaced replay must still let signals and other watches in
+            # aclosing: a watch stopped by an error hangs up now, not whenever its generator is collected
+            async with contextlib.aclosing(session.source.stream()) as stream:
+                async for sample in stream:
+                    session.last_progress = time.monotonic()
+                    if isinstance(sample, WatchConnected):  # a live watch (re)connected and said what it streams
+                        self.adopt_sensors(session, sample)
+                        continue
+                    if isinstance(sample, StreamGap):  # a notification source lost samples here (link, sequence, shed)
+                        session.aligner.mark_gap(sample.sensor)
+                        continue
+                    self.handle_sample(session, sample)
+                    if session.source.speed == 0:
+                        await asyncio.sleep(0)  # unpaced replay must still let signals and other watches in
         finally:
             session.last_progress = None  # an ended source is not a stalled one
 
@@ -168,7 +214,9 @@ class Agent:
         if limit is None:
             return True
         now = time.monotonic() if now is None else now
-        return all(s.last_progress is None or now - s.last_progress < limit for s in self.sessions)
+        # A live watch (re)connecting on its own retry budget is not stalled (its budget ends it otherwise).
+        return all(s.last_progress is None or getattr(s.source, "connecting", False)
+                   or now - s.last_progress < limit for s in self.sessions)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -186,6 +234,8 @@ class Agent:
                 for task in done - {waiter}:
                     if task.exception():
                         log.error("watch %s stopped: %s", task.get_name(), task.exception())
+                        self.failures[task.get_name()] = task.exception()
+            self.stop_requested = stop.is_set()
         finally:
             for task in tasks:
                 task.cancel()

@@ -134,6 +134,8 @@ def check_model(model: str | None, watches: list[str] | None) -> CheckResult:
             source = parse_source(spec, 0)
         except Exception as exc:  # a watch that cannot be opened cannot provide sensors either
             return CheckResult("model", False, f"{clf.meta.name} loads, but {exc}")
+        if not getattr(source, "sensors_known", True):
+            continue  # a live watch says what it streams when it connects (and `run` adapts the model then)
         missing = [s for s in needed if s not in source.sensors]
         if missing:
             return CheckResult("model", False, f"{clf.meta.name} needs {'+'.join(needed)}, {spec} lacks "

@@ -16,7 +16,8 @@ import os
 import queue
 import ssl
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,6 +29,8 @@ from l2mu.agent.outbox import Outbox
 log = logging.getLogger(__name__)
 
 BATCH = 100  # decisions handed to paho at once; more would sit in paho's memory, out of the outbox's reach
+_EXP_WINDOW = bool(os.environ.get('L2MU_EXP_WINDOW'))
+SLOW_AFTER_S = 5.0  # a connected broker that acknowledged nothing for this long is reported as slow
 HA_STATUS = "status"
 
 
@@ -110,7 +113,11 @@ class MqttPublisher:
 
     def __init__(self, url: str, agent_id: str, prefix: str = "har", security: MqttSecurity | None = None,
                  outbox: Outbox | None = None, protocol: str = "5",
-                 discovery: list[tuple[str, str]] | None = None, discovery_prefix: str = "homeassistant") -> None:
+                 discovery: list[tuple[str, str]] | None = None, discovery_prefix: str = "homeassistant",
+                 on_delivered: Callable[[str, str, float], None] | None = None,
+                 slow_after_s: float = SLOW_AFTER_S) -> None:
+        """on_delivered(topic, payload, monotonic time of the PUBACK) is called, on the sender thread, for
+        every decision the broker accepted (the load benchmark measures latency with it)."""
         self.address = BrokerAddress.parse(url)
         self.prefix = prefix
         self.agent_id = agent_id
@@ -122,6 +129,8 @@ class MqttPublisher:
         self.outbox = outbox if outbox is not None else Outbox()  # an empty Outbox is falsy
         self.discovery = discovery or []  # (topic, payload) Home Assistant configs
         self.discovery_prefix = discovery_prefix
+        self.on_delivered = on_delivered
+        self.slow_after_s = slow_after_s
         self.connected = threading.Event()
         self._answered = threading.Event()  # the broker replied to a CONNECT, yes or no
         self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
@@ -175,7 +184,7 @@ class MqttPublisher:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         # paho calls this holding its message lock: hand the ack to the sender, never touch shared state here.
-        self._events.put(("ack", mid, reason_code))
+        self._events.put(("ack", mid, reason_code, time.monotonic()))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
         for rc in reason_codes:
@@ -197,8 +206,13 @@ class MqttPublisher:
         inflight: dict[int, int] = {}  # paho mid → outbox entry id
         topics: dict[int, str] = {}
         flushes: list[threading.Event] = []
+        progress = time.monotonic()  # last hand-over or acknowledgement: how long the broker has kept us waiting
+        slow = False
         while True:
-            event = self._events.get()
+            try:
+                event = self._events.get(timeout=1.0)
+            except queue.Empty:
+                event = ("tick",)
             kind = event[0]
             if kind == "stop":
                 return
@@ -209,19 +223,36 @@ class MqttPublisher:
                     log.error("could not queue a decision for %s: %s", event[1], exc)
             elif kind == "flush":
                 flushes.append(event[1])  # queued behind every earlier put, so empty then means delivered
+            elif kind == "wake":
+                progress = time.monotonic()  # (re)connected: paho resends what is in flight, the clock restarts
             elif kind == "ack":
-                _, mid, reason_code = event
+                _, mid, reason_code, acked_at = event
                 entry_id = inflight.pop(mid, None)
                 if entry_id is None:
                     continue  # status or discovery message
                 topic = topics.pop(mid)
+                progress = time.monotonic()
+                if slow:
+                    slow = False
+                    log.info("broker %s:%d acknowledges again", self.address.host, self.address.port)
                 # A refusal (ACL) is final: retrying would only block the queue behind it, so it counts as done.
                 if reason_code.is_failure and topic not in self._denied:
                     self._denied.add(topic)
                     log.error("broker denied publishing to %s (%s); check its ACL", topic, reason_code)
+                entry = self.outbox.unacked.get(entry_id)
                 self.outbox.ack(entry_id)
-            if not inflight and self.connected.is_set():
-                for entry in self.outbox.take(BATCH):
+                if self.on_delivered and entry is not None and not reason_code.is_failure:
+                    self.on_delivered(entry.topic, entry.payload, acked_at)
+            if inflight and not slow and self.connected.is_set() and time.monotonic() - progress > self.slow_after_s:
+                slow = True  # one line per episode; decisions keep queueing in the outbox meanwhile
+                log.warning("broker %s:%d has acknowledged nothing for %.0f s (slow broker or network); %d decisions "
+                            "wait in the queue", self.address.host, self.address.port, self.slow_after_s,
+                            len(self.outbox))
+            if (not inflight or _EXP_WINDOW) and self.connected.is_set():
+                if not inflight:
+                    progress = time.monotonic()
+                batch = self.outbox.take(BATCH - len(inflight))
+                for entry in batch:
                     info = self._client.publish(entry.topic, entry.payload, qos=1, retain=entry.retain)
                     inflight[info.mid] = entry.id
                     topics[info.mid] = entry.topic

@@ -12,6 +12,11 @@ temporary file that atomically replaces it, so a crash at any point leaves a val
 (at worst one that redelivers a message: subscribers tell duplicates by `seq`). A torn last
 line from a crash mid-write is skipped.
 
+A disk that refuses writes (full, quota, read-only) never costs a decision: the outbox logs one
+line and keeps queueing in memory; every RETRY_DISK_S it tries to write the whole queue to a fresh
+journal (as a rotation does; once everything was delivered it first empties the old journal, which
+frees the space), and says so when that works again. Meanwhile a crash loses what is only in memory.
+
 Not thread-safe: one thread (the publisher's sender) owns it.
 """
 
@@ -22,6 +27,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 JOURNAL = "outbox.jsonl"
 ROTATE_AFTER = 1000
 DEFAULT_MAX_MESSAGES = 100_000  # > a day of one decision a second per watch
+RETRY_DISK_S = 5.0  # how often a journal that could not be written is tried again
 
 
 class OutboxError(RuntimeError):
@@ -59,6 +66,8 @@ class Outbox:
         self._dir = Path(directory) if directory else None
         self._journal: IO[str] | None = None
         self._lock: IO[str] | None = None
+        self.disk_error: str | None = None  # why the journal cannot be written now; None while it can
+        self._disk_retry_at = 0.0
         if self._dir is not None:
             self._open_dir()
 
@@ -85,7 +94,10 @@ class Outbox:
         self._next_id = max((e.id for e in entries), default=-1) + 1
         if entries:
             log.info("outbox %s: %d messages from before the restart are queued for delivery", self._dir, len(entries))
-        self._rotate()  # start from a compact journal
+        try:
+            self._rotate()  # start from a compact journal
+        except OSError as exc:
+            self._disk_failed(exc)
 
     @staticmethod
     def _load(path: Path) -> list[Entry]:
@@ -108,10 +120,40 @@ class Outbox:
     def _write(self, rec: dict, sync: bool) -> None:
         if self._journal is None:
             return
-        self._journal.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self._journal.flush()
-        if sync:
-            os.fsync(self._journal.fileno())
+        try:
+            self._journal.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            self._journal.flush()
+            if sync:
+                os.fsync(self._journal.fileno())
+        except OSError as exc:
+            self._disk_failed(exc)
+
+    def _disk_failed(self, exc: OSError) -> None:
+        self.disk_error = exc.strerror or str(exc)
+        self._disk_retry_at = time.monotonic() + RETRY_DISK_S
+        log.error("outbox %s: cannot write the queue to disk (%s); keeping decisions in memory until it can",
+                  self._dir, self.disk_error)
+        if self._journal is not None:
+            with contextlib.suppress(OSError):  # its buffer holds the line that did not fit
+                self._journal.close()
+            self._journal = None
+
+    def _retry_disk(self) -> None:
+        if self.disk_error is None or time.monotonic() < self._disk_retry_at:
+            return
+        assert self._dir is not None
+        self._disk_retry_at = time.monotonic() + RETRY_DISK_S
+        try:
+            if len(self) == 0:
+                # Everything the old journal holds was delivered: emptying it is safe and frees what a rewrite needs.
+                os.truncate(self._dir / JOURNAL, 0)
+            self._rotate()
+        except OSError:
+            with contextlib.suppress(OSError):
+                (self._dir / (JOURNAL + ".tmp")).unlink()
+            return
+        log.info("outbox %s: writing the queue to disk again (%d decisions in it)", self._dir, len(self))
+        self.disk_error = None
 
     def _rotate(self) -> None:
         assert self._dir is not None
@@ -135,6 +177,7 @@ class Outbox:
         self._acks_since_rotate = 0
 
     def put(self, topic: str, payload: str, retain: bool) -> Entry:
+        self._retry_disk()
         if len(self) >= self.max_messages and self.pending:
             # Full: the oldest decision not yet handed to the client goes (the newest state matters most).
             old = self.pending.popleft()
@@ -162,15 +205,20 @@ class Outbox:
     def ack(self, entry_id: int) -> None:
         if self.unacked.pop(entry_id, None) is None:
             return
+        self._retry_disk()
         # A lost ack record only means one redelivery after a restart, so no fsync here.
         self._write({"ack": entry_id}, sync=False)
         self._acks_since_rotate += 1
-        if self._dir is not None and self._acks_since_rotate >= ROTATE_AFTER:
-            self._rotate()
+        if self._journal is not None and self._acks_since_rotate >= ROTATE_AFTER:
+            try:
+                self._rotate()
+            except OSError as exc:
+                self._disk_failed(exc)
 
     def close(self) -> None:
         if self._journal is not None:
-            self._journal.close()
+            with contextlib.suppress(OSError):
+                self._journal.close()
             self._journal = None
         if self._lock is not None:
             self._lock.close()

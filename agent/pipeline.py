@@ -122,9 +122,10 @@ class StreamAligner:
 
 @dataclass
 class Window:
-    values: np.ndarray  # [T, C] raw SI units
+    values: np.ndarray | None  # [T, C] raw SI units; None from the step path, which keeps no samples
     t_start: float
     t_end: float
+    counts: np.ndarray | None = None  # the model's spike counts, when the step path has already run it
 
 
 @dataclass

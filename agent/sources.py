@@ -1,4 +1,10 @@
-"""Where samples come from: a recorded session (`replay:FILE`), the bundled `demo`, or a BLE watch."""
+"""Where samples come from: a recorded session (`replay:FILE`), the bundled `demo`, or a BLE watch.
+
+A source has `watch_id`, `speed`, `sensors` (and `sensors_known`, False until a live watch has
+told) and `stream()`, an async iterator of `SensorSample`s. A live watch's stream also carries
+`WatchConnected` (after each connection: the sensors it streams) and `intake.StreamGap` (samples
+were lost, e.g. the link dropped: no window may span this point).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,41 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from l2mu.agent.recording import SensorSample, read_recording, sensors_in
 
+if TYPE_CHECKING:
+    from l2mu.agent.ble import BleOptions
+
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+# What someone meant as an address: hex pairs and separators, but not the six pairs an address has.
+ADDRESS_LIKE_RE = re.compile(r"^[0-9A-Fa-f]{1,2}([:-][0-9A-Fa-f]{0,2})+$")
 
 
 class SourceError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class WatchConnected:
+    """A live watch is connected and streaming these sensors with this protocol."""
+
+    sensors: tuple[str, ...]
+    protocol: str
+    name: str = ""
+
+
+SourceItem = object  # SensorSample, WatchConnected or l2mu.agent.intake.StreamGap
+
+
+class Source(Protocol):
+    watch_id: str
+    speed: float
+    sensors: set[str]
+    sensors_known: bool
+
+    def stream(self) -> AsyncIterator[SourceItem]: ...
 
 
 def demo_recording() -> Path:
@@ -36,6 +69,7 @@ class ReplaySource:
     watch_id: str
     speed: float = 1.0
     loop: bool = False
+    sensors_known = True
 
     def __post_init__(self) -> None:
         if self.speed < 0:
@@ -65,17 +99,34 @@ class ReplaySource:
             lap += 1
 
 
-def parse_source(spec: str, speed: float) -> ReplaySource:
-    """`demo`, `replay:FILE` or a BLE address (AA:BB:CC:DD:EE:FF)."""
+def parse_source(spec: str, speed: float, protocol: str = "auto", ble: BleOptions | None = None) -> Source:
+    """`demo`, `replay:FILE` or a BLE address (AA:BB:CC:DD:EE:FF) spoken to with `protocol`."""
     if spec == "demo":
         return ReplaySource(demo_recording(), "demo", speed=speed, loop=True)
     if spec.startswith("replay:"):
         path = Path(spec.removeprefix("replay:"))
         return ReplaySource(path, topic_safe(path.name.split(".")[0]), speed=speed)
     if MAC_RE.match(spec):
-        raise SourceError(
-            f"{spec}: live Bluetooth watches are not supported by this build yet; use 'demo' or 'replay:FILE'"
-        )
+        from l2mu.agent.ble import BleSource  # bleak only where a live watch is asked for
+
+        return BleSource(spec, protocol, ble)
+    if ADDRESS_LIKE_RE.match(spec):
+        raise SourceError(f"--watch {spec!r}: malformed address; expected a Bluetooth address like "
+                          f"AA:BB:CC:DD:EE:FF (six pairs of hex digits)")
     raise SourceError(
         f"--watch {spec!r}: expected a Bluetooth address like AA:BB:CC:DD:EE:FF, 'demo' or 'replay:FILE'"
     )
+
+
+def parse_sources(specs: list[str], speed: float, protocols: list[str] | None = None,
+                  ble: BleOptions | None = None) -> list[Source]:
+    """Every --watch; `protocols` is one --protocol for all Bluetooth watches or one per address, in order."""
+    addresses = [s for s in specs if MAC_RE.match(s)]
+    protocols = protocols or ["auto"]
+    if len(protocols) == 1:
+        protocols = protocols * len(addresses)
+    elif len(protocols) != len(addresses):
+        raise SourceError(f"--protocol given {len(protocols)} times for {len(addresses)} Bluetooth watch(es): give "
+                          f"it once for all of them or once per address, in the order of the --watch options")
+    chosen = iter(protocols)
+    return [parse_source(s, speed, next(chosen) if MAC_RE.match(s) else "auto", ble) for s in specs]

@@ -20,8 +20,10 @@ def evaluate_windows(
     subjects: Sequence[int] | None = None,
     hop: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cost_fn: Callable[[np.ndarray], dict] | None = None,
 ) -> dict:
-    """counts_fn maps normalised windows [W, T, C] → counts [W, K]."""
+    """counts_fn maps normalised windows [W, T, C] → counts [W, K]; cost_fn (optional) maps the same
+    windows to compute-cost figures (SynOps, MACs) merged into the result under "cost"."""
     available = wisdm.list_subjects(data, meta.sensors)
     chosen = sorted(set(subjects) & set(available)) if subjects else available
     if not chosen:
@@ -50,4 +52,5 @@ def evaluate_windows(
         "per_class": report["per_class"],
         "confusion": report["confusion"],
         "classes": meta.class_names,
+        **({"cost": cost_fn(x)} if cost_fn else {}),
     }

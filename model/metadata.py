@@ -30,6 +30,8 @@ class ModelMetadata:
     model_config: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     state: list[dict] = field(default_factory=list)  # layout of the `step` method's state
+    # How the program was compressed: {"weights": "fp32" | "int8", "quantization": {...}, "pruning": {...}}.
+    variant: dict = field(default_factory=dict)
     program_sha256: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from l2mu.model import wisdm
+from l2mu.model.baselines import BASELINE_ARCHS, BaselineConfig, build_baseline
 from l2mu.model.checkpoint import save_checkpoint
 from l2mu.model.l2mu import L2MU, L2MUConfig
 from l2mu.model.metadata import ModelMetadata
@@ -35,6 +36,7 @@ class TrainConfig:
     classes: str = "hand7"
     sensors: str = "acc-gyro"
     neuron: str = "leaky"
+    arch: str = "l2mu"  # or a non-spiking baseline: "lmu", "gru"
     epochs: int = 40
     batch_size: int = 128
     lr: float = 2e-3
@@ -48,7 +50,7 @@ class TrainConfig:
     rotate_deg: float = 30.0  # augmentation: random watch orientation within ±this
     max_steps_per_epoch: int | None = None  # tests cap this to train for a few steps
     name: str = ""
-    model: dict = field(default_factory=dict)  # L2MUConfig overrides
+    model: dict = field(default_factory=dict)  # L2MUConfig / BaselineConfig overrides
 
 
 def class_codes(classes: str) -> tuple[str, ...]:
@@ -79,6 +81,21 @@ def labelled_windows(
             drop = gen.choice(other, len(other) - per_class, replace=False)
             keep[drop] = False
     return w.x[keep], y[keep], w.subject[keep]
+
+
+def default_name(cfg: TrainConfig) -> str:
+    name = f"{cfg.classes}-{cfg.sensors}"
+    if cfg.arch != "l2mu":
+        return f"{name}-{cfg.arch}"
+    return f"{name}-synaptic" if cfg.neuron == "synaptic" else name
+
+
+def build_model(cfg: TrainConfig, n_channels: int, n_classes: int) -> nn.Module:
+    if cfg.arch == "l2mu":
+        return L2MU(L2MUConfig(n_channels=n_channels, n_classes=n_classes, neuron=cfg.neuron, **cfg.model))
+    if cfg.arch in BASELINE_ARCHS:
+        return build_baseline(BaselineConfig(arch=cfg.arch, n_channels=n_channels, n_classes=n_classes, **cfg.model))
+    raise ValueError(f"unknown architecture {cfg.arch!r} (expected l2mu, {', '.join(BASELINE_ARCHS)})")
 
 
 def predict_counts(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -139,14 +156,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
     x_va = ((x_va - mean) / std).astype(np.float32)
 
-    mcfg = L2MUConfig(n_channels=len(sensors) * 3, n_classes=len(classes), neuron=cfg.neuron, **cfg.model)
-    model = L2MU(mcfg)
+    model = build_model(cfg, n_channels=len(sensors) * 3, n_classes=len(classes))
+    mcfg = model.cfg
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     loss_fn = nn.CrossEntropyLoss()
 
     meta = ModelMetadata(
-        name=cfg.name or f"{cfg.classes}-{cfg.sensors}",
+        name=cfg.name or default_name(cfg),
         classes=list(classes),
         class_names=[wisdm.ACTIVITY_NAMES.get(c, c) for c in classes],
         sensors=list(sensors),

@@ -10,7 +10,8 @@ import pytest
 
 from .conftest import cli_command
 
-COMMANDS = ["train", "evaluate", "export", "run", "models", "wisdm-recording", "stream-accuracy", "doctor"]
+COMMANDS = ["train", "evaluate", "export", "run", "models", "wisdm-recording", "stream-accuracy", "doctor",
+            "compress", "bench"]
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

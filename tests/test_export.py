@@ -1,9 +1,10 @@
-"""ExecuTorch export: program + metadata, parity with the eager network, bad files refused."""
+"""ExecuTorch export: program + metadata, parity of both methods with the eager network, bad files refused."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,24 @@ from l2mu.model import wisdm
 from l2mu.model.checkpoint import load_checkpoint
 from l2mu.model.metadata import ModelFileError, read_metadata
 
-from .conftest import TINY_WINDOW
+from .conftest import TINY_WINDOW, cli_command
 
 
 def real_windows(root: Path, meta, n: int = 200) -> np.ndarray:  # noqa: ANN001
+    """n real windows (subject 1601, hand activities), normalised as the agent does."""
     w = wisdm.load_windows(root, [1601], activities=wisdm.HAND7, hop=TINY_WINDOW)
     x = w.x[:: max(1, len(w.x) // n)][:n, :TINY_WINDOW]
     return ((x - np.asarray(meta.norm_mean)) / np.asarray(meta.norm_std)).astype(np.float32)
+
+
+def step_counts(clf: ExecuTorchClassifier, window: np.ndarray) -> np.ndarray:
+    """`step` applied to every sample of the window from the zero state: the counts it ends with."""
+    state = clf.initial_state()
+    counts = None
+    for sample in window:
+        counts, state = clf.step(sample, state)
+        np.testing.assert_array_equal(state[: len(counts)].numpy(), counts)  # the counts head the state
+    return counts
 
 
 def test_metadata_beside_program_describes_the_model(tiny_program: Path) -> None:
@@ -32,36 +44,51 @@ def test_metadata_beside_program_describes_the_model(tiny_program: Path) -> None
     assert meta["sample_rate_hz"] == 20.0 and meta["window_samples"] == TINY_WINDOW
     assert len(meta["norm_mean"]) == len(meta["norm_std"]) == 6
     assert meta["sensors"] == ["acc", "gyro"]
-    assert [s["name"] for s in meta["state"]][-2:] == ["spk_h", "spk_m"]
+    # step's flat state: the counts so far, then every population's membrane, then the fed-back spikes.
+    names = [s["name"] for s in meta["state"]]
+    assert names[0] == "counts" and meta["state"][0]["shape"] == [7]
+    assert names[-2:] == ["spk_h", "spk_m"] and "m.mem" in names
+    ends = [0] + [s["offset"] + s["size"] for s in meta["state"]]
+    assert [s["offset"] for s in meta["state"]] == ends[:-1]  # contiguous, in this order
+    assert meta["variant"]["weights"] == "fp32"
 
 
-def test_program_matches_eager_network_on_real_windows(tiny_program: Path, tiny_checkpoint: Path,
-                                                        wisdm_root: Path) -> None:
+def test_both_methods_match_the_eager_network_on_real_windows(tiny_program: Path, tiny_checkpoint: Path,
+                                                               wisdm_root: Path) -> None:
     ckpt = load_checkpoint(tiny_checkpoint)
     clf = ExecuTorchClassifier(tiny_program)
     x = real_windows(wisdm_root, clf.meta)
     with torch.no_grad():
-        eager = ckpt.model(torch.from_numpy(x)).numpy()
-    pte = np.stack([clf.counts(w) for w in x])
-    assert eager.sum() > 0
-    np.testing.assert_allclose(pte, eager, atol=1e-5)
-    assert (pte.argmax(1) == eager.argmax(1)).mean() >= 0.995
+        eager = ckpt.model(torch.from_numpy(x)).numpy()  # the snnTorch modules, not the export graph
+    forward = np.stack([clf.counts(w) for w in x])
+    step = np.stack([step_counts(clf, w) for w in x])
+    assert eager.sum() > 0 and len(set(eager.argmax(1))) > 1  # spikes flow, and not to one class only
+    for pte in (forward, step):
+        assert (pte.argmax(1) == eager.argmax(1)).mean() >= 0.995
+        np.testing.assert_allclose(pte, eager, atol=1e-5)
 
 
-def test_step_method_applied_t_times_equals_forward(tiny_program: Path, wisdm_root: Path) -> None:
-    from executorch.runtime import Runtime
+def test_step_applied_t_times_equals_forward_exactly(tiny_program: Path, wisdm_root: Path) -> None:
+    clf = ExecuTorchClassifier(tiny_program)
+    for window in real_windows(wisdm_root, clf.meta, n=30):
+        np.testing.assert_array_equal(step_counts(clf, window), clf.counts(window))
 
-    program = Runtime.get().load_program(tiny_program)
-    forward, step = program.load_method("forward"), program.load_method("step")
-    meta = read_metadata(tiny_program)
-    for window in real_windows(wisdm_root, meta, n=5):
-        x = torch.from_numpy(window)
-        state = [torch.zeros(s["shape"]) for s in meta.state]
-        total = torch.zeros(len(meta.classes))
-        for t in range(len(x)):
-            out, *state = step.execute([x[t], *state])
-            total += out
-        torch.testing.assert_close(total, forward.execute([x])[0])
+
+def test_program_is_one_delegate_per_method_with_the_weights_stored_once(tiny_program: Path,
+                                                                          tiny_checkpoint: Path) -> None:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = deserialize_pte_binary(tiny_program.read_bytes())
+    plans = {p.name: p for p in pte.program.execution_plan}
+    assert set(plans) == {"forward", "step"}
+    for plan in plans.values():
+        assert len(plan.delegates) == 1 and plan.delegates[0].id == "XnnpackBackend"
+        # Nothing but the delegate call runs: no operator outside XNNPACK.
+        assert [op.name for op in plan.operators] == []
+    weights = sum(t.numel() * t.element_size() for t in load_checkpoint(tiny_checkpoint).model.state_dict().values())
+    stored = sum(len(b) for b in pte.named_data.buffers)
+    # Both methods use the same constants, keyed by content: one copy, not two.
+    assert weights * 0.9 < stored < weights * 1.5
 
 
 def test_truncated_program_is_refused_with_a_clear_error(tiny_program: Path, tmp_path: Path) -> None:
@@ -82,5 +109,28 @@ def test_missing_metadata_is_refused(tiny_program: Path, tmp_path: Path) -> None
 def test_garbage_checkpoint_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelFileError, match="not a usable L2MU checkpoint"):
+    with pytest.raises(ModelFileError, match="not a usable checkpoint"):
         load_checkpoint(bad)
+
+
+def test_export_options_are_checked_before_work(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cases = [
+        (["--quantize", "int4"], "--quantize must be one of none, int8"),
+        (["--quantize", "int8"], "--quantize int8 needs --data"),
+        (["--onnx", str(tmp_path / "x.txt")], "must end in .onnx"),
+    ]
+    for extra, message in cases:
+        proc = subprocess.run([*cli_command(), "export", "--checkpoint", str(tiny_checkpoint),
+                               "--out", str(tmp_path / "x.pte"), *extra], capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+            proc.stderr
+        assert not (tmp_path / "x.pte").exists()
+
+
+def test_metadata_state_matches_what_step_takes(tiny_program: Path) -> None:
+    meta = read_metadata(tiny_program)
+    clf = ExecuTorchClassifier(tiny_program)
+    counts, state = clf.step(np.zeros(len(meta.channels), np.float32), clf.initial_state())
+    assert counts.shape == (len(meta.classes),)
+    assert state.shape == (meta.state[-1]["offset"] + meta.state[-1]["size"],)

@@ -1,0 +1,420 @@
+"""Live watches over Bluetooth LE: bleak's BlueZ backend, bleak-retry-connector and a WatchDriver.
+
+`BleSource` is a `Source` for the agent and for `record`. Its stream:
+
+1. once, at start: closes connections BlueZ still holds to the watch from an earlier process that
+   died without disconnecting (`close_stale_connections_by_address`);
+2. finds the watch (known to BlueZ, else by scanning for up to `scan_timeout_s`; not found →
+   one-line error), connects with `establish_connection`, picks the driver (`--protocol auto`:
+   from the GATT services) and drives it as `firmware_bridge/driver.py` describes: notifications
+   on, prepare commands (waiting for each answer where the watch sends one), start commands;
+3. yields `WatchConnected` (the sensors the watch really streams), then the decoded samples;
+4. on link loss yields `StreamGap` and reconnects with exponential backoff until
+   `retry_budget_s` has passed since the loss; then (or for a connection that can never work —
+   no matching service, a characteristic missing) it raises `BleError`, one line, and only this
+   watch stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from l2mu.agent.intake import StreamGap
+from l2mu.agent.notifications import NotificationFeed
+from l2mu.agent.recording import SensorSample
+from l2mu.agent.sources import MAC_RE, SourceError, SourceItem, WatchConnected, topic_safe
+from l2mu.firmware_bridge.driver import (
+    DecodeError,
+    GattWrite,
+    UnknownDriverError,
+    WatchDriver,
+    driver_by_name,
+    driver_names,
+    normalize_uuid,
+    pick_driver,
+)
+
+log = logging.getLogger(__name__)
+
+# Answers to a start command meaning the stream is already on (Polar PMD), which is what was wanted.
+ALREADY_STREAMING = frozenset({"ERROR_ALREADY_IN_STATE"})
+# Advertised names of watch families that do not advertise their IMU service.
+NAME_HINTS = {"polar": ("Polar ",), "infinitime": ("InfiniTime", "Pinetime"), "metawear": ("MetaWear", "MetaMotion"),
+              "bangle": ("Bangle.js",)}
+
+
+_scan_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _scan_lock() -> asyncio.Lock:
+    """One scan at a time per event loop: BlueZ allows each D-Bus client one discovery session
+    (a second StartDiscovery fails with InProgress), and bleak shares one connection per loop."""
+    loop = asyncio.get_running_loop()
+    lock = _scan_locks.get(loop)
+    if lock is None:
+        lock = _scan_locks[loop] = asyncio.Lock()
+    return lock
+
+
+class BleError(SourceError):
+    """A live watch cannot be used; the message is one line and names the watch."""
+
+
+class _Permanent(BleError):
+    """Retrying cannot help (the device is not such a watch)."""
+
+
+class _Transient(BleError):
+    """This attempt failed; a later one may work."""
+
+
+@dataclass
+class BleOptions:
+    scan_timeout_s: float = 10.0  # how long to look for a watch BlueZ does not know yet
+    retry_budget_s: float = 120.0  # how long after a link loss (or a failed first connection) to keep trying
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 15.0
+    response_timeout_s: float = 5.0  # for a watch's answer to one command
+    adapter: str | None = None  # hci0, …; None: BlueZ's default
+
+    def __post_init__(self) -> None:
+        for name in ("scan_timeout_s", "retry_budget_s", "backoff_initial_s", "response_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise BleError(f"{name.removesuffix('_s').replace('_', '-')} must be > 0 seconds")
+
+    def bluez(self) -> dict[str, Any]:
+        return {"adapter": self.adapter} if self.adapter else {}
+
+
+def protocol_choices() -> list[str]:
+    return ["auto", *driver_names()]
+
+
+def check_protocol(protocol: str) -> str:
+    name = protocol.strip().lower()
+    if name not in protocol_choices():
+        raise BleError(f"--protocol {protocol!r}: expected one of {', '.join(protocol_choices())}")
+    return name
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def recognise(service_uuids: Iterable[str], name: str | None) -> str | None:
+    """The watch protocol an advertisement (services, else name) points to, or None."""
+    try:
+        return pick_driver(service_uuids).name
+    except (UnknownDriverError, ValueError):
+        pass
+    for protocol, prefixes in NAME_HINTS.items():
+        if name and name.startswith(prefixes):
+            return protocol
+    return None
+
+
+def _bluetooth_unavailable(exc: BaseException) -> _Permanent | None:
+    """A one-line error for 'there is no Bluetooth here at all', or None for other failures."""
+    from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError
+
+    if isinstance(exc, BleakBluetoothNotAvailableError):
+        return _Permanent(f"Bluetooth is not available: {one_line(exc)} (l2mu-agent doctor checks the set-up)")
+    if isinstance(exc, BleakDBusError) and exc.dbus_error in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                                                              "org.freedesktop.DBus.Error.NameHasNoOwner"):
+        return _Permanent("BlueZ is not running: nothing owns org.bluez on the system D-Bus (is bluetoothd "
+                          "running? l2mu-agent doctor checks the set-up)")
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        return _Permanent(f"cannot reach the system D-Bus ({one_line(exc)}); is dbus running? "
+                          f"(l2mu-agent doctor checks the set-up)")
+    return None
+
+
+@dataclass
+class _Connection:
+    client: Any  # BleakClient
+    driver: WatchDriver
+    queue: asyncio.Queue
+    name: str
+
+
+class BleSource:
+    """One watch at a Bluetooth address, as a stream of samples that survives link losses."""
+
+    speed = 1.0
+
+    def __init__(self, address: str, protocol: str = "auto", options: BleOptions | None = None,
+                 watch_id: str | None = None) -> None:
+        if not MAC_RE.match(address):
+            raise BleError(f"{address!r} is not a Bluetooth address like AA:BB:CC:DD:EE:FF")
+        self.address = address.upper()
+        self.protocol = check_protocol(protocol)
+        self.options = options or BleOptions()
+        self.watch_id = watch_id or topic_safe(self.address)
+        self.sensors: set[str] = set()
+        self.sensors_known = False
+        self.driver: WatchDriver | None = None
+        self.feed: NotificationFeed | None = None
+        self.connections = 0
+        self.connecting = False  # looking for the watch or (re)connecting, on its own budget
+        self._awaiting: asyncio.Future | None = None
+
+    # --- the stream --------------------------------------------------------------------------
+
+    async def stream(self) -> AsyncIterator[SourceItem]:
+        await self._close_stale()
+        conn: _Connection | None = None
+        try:
+            self.connecting = True
+            conn = await self._first_connection()
+            self.connecting = False
+            while True:
+                self.sensors, self.sensors_known = set(conn.driver.sensors), True
+                yield WatchConnected(tuple(conn.driver.sensors), conn.driver.name, conn.name)
+                while True:
+                    item = await conn.queue.get()
+                    if item is None:  # the link is gone
+                        break
+                    yield item
+                log.warning("%s: link lost; reconnecting for up to %g s", self.address, self.options.retry_budget_s)
+                lost, conn = conn, None
+                self.connecting = True
+                await self._disconnect(lost)  # releases bleak's per-connection D-Bus connection
+                for sensor in lost.driver.sensors:
+                    yield StreamGap(sensor, "link lost")
+                conn = await self._reconnect(time.monotonic() + self.options.retry_budget_s, "link lost")
+                self.connecting = False
+        finally:
+            self.connecting = False
+            if conn is not None:
+                await self._disconnect(conn)
+
+    async def _first_connection(self) -> _Connection:
+        try:
+            device = await self._find_device(self.options.scan_timeout_s)
+        except _Transient as exc:  # never seen: almost always a wrong address or a watch that is off
+            raise _Permanent(str(exc)) from None
+        return await self._reconnect(time.monotonic() + self.options.retry_budget_s, "first connection", device)
+
+    async def _reconnect(self, deadline: float, why: str, device: Any = None) -> _Connection:
+        delay = self.options.backoff_initial_s
+        attempt = 0
+        last = "no attempt finished"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if why == "first connection":
+                    raise BleError(f"{self.address}: found, but no connection worked within "
+                                   f"{self.options.retry_budget_s:g} s ({attempt} attempt(s)); last error: {last}")
+                raise BleError(f"{self.address}: gave up after {self.options.retry_budget_s:g} s of reconnecting "
+                               f"({why}; {attempt} attempt(s)); last error: {last}")
+            attempt += 1
+            try:
+                async with asyncio.timeout(remaining):
+                    conn = await self._connect_once(device, min(self.options.scan_timeout_s, remaining))
+                if attempt > 1 or why != "first connection":
+                    log.info("%s: connected again (attempt %d)", self.address, attempt)
+                return conn
+            except _Permanent:
+                raise
+            except _Transient as exc:
+                last = str(exc)
+            except TimeoutError:
+                last = "timed out"
+            except Exception as exc:  # bleak and dbus-fast raise many kinds; each attempt's reason is logged
+                if (unavailable := _bluetooth_unavailable(exc)) is not None:
+                    raise unavailable from None
+                last = one_line(exc)
+            device = None  # look it up again: BlueZ may have dropped and re-created it
+            wait = min(delay, max(0.0, deadline - time.monotonic()))
+            log.warning("%s: connection attempt %d failed: %s; next in %.1f s", self.address, attempt, last, wait)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self.options.backoff_max_s)
+
+    async def _close_stale(self) -> None:
+        from bleak.backends.bluezdbus.manager import get_global_bluez_manager
+        from bleak_retry_connector import close_stale_connections_by_address
+
+        try:
+            # bleak-retry-connector reads the manager bleak made for this loop even while it is still loading
+            # BlueZ's objects; with several watches starting at once it would see no device and clean nothing.
+            await get_global_bluez_manager()
+            await close_stale_connections_by_address(self.address)
+        except Exception as exc:  # cleaning is best effort; connecting reports real problems
+            log.debug("%s: could not check for stale connections: %s", self.address, exc)
+
+    async def _find_device(self, timeout: float) -> Any:
+        from bleak import BleakScanner
+        from bleak_retry_connector import get_device
+
+        device = await get_device(self.address)
+        if device is None:
+            async with _scan_lock():
+                device = await get_device(self.address)  # another watch's scan may have come across it
+                if device is None:
+                    try:
+                        device = await BleakScanner.find_device_by_address(self.address, timeout=timeout,
+                                                                           bluez=self.options.bluez())
+                    except Exception as exc:
+                        if (unavailable := _bluetooth_unavailable(exc)) is not None:
+                            raise unavailable from None
+                        raise
+        if device is None:
+            raise _Transient(f"{self.address}: no such watch found within {timeout:g} s of scanning; is it on, "
+                             f"in range and not connected to another device?")
+        return device
+
+    async def _connect_once(self, device: Any, scan_timeout: float) -> _Connection:
+        from bleak import BleakClient
+        from bleak_retry_connector import establish_connection
+
+        if device is None:
+            device = await self._find_device(scan_timeout)
+        queue: asyncio.Queue = asyncio.Queue()
+        client = await establish_connection(BleakClient, device, self.watch_id, max_attempts=2,
+                                            disconnected_callback=lambda _c: queue.put_nowait(None))
+        name = getattr(device, "name", None) or self.address
+        try:
+            driver = self._driver_for(client, name)
+            conn = _Connection(client, driver, queue, name)
+            await self._start(conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise
+        self.connections += 1
+        return conn
+
+    def _driver_for(self, client: Any, name: str) -> WatchDriver:
+        uuids = [normalize_uuid(s.uuid) for s in client.services]
+        offered = ", ".join(uuids) or "no services"
+        if self.protocol == "auto":
+            try:
+                cls = pick_driver(uuids)
+            except UnknownDriverError:
+                raise _Permanent(f"{self.address} ({name}) offers no service of a watch protocol this agent speaks "
+                                 f"({', '.join(driver_names())}); it offers {offered}") from None
+        else:
+            cls = driver_by_name(self.protocol)
+            if cls.match_score(uuids) == 0:
+                raise _Permanent(f"{self.address} ({name}) lacks the {cls.name} service {cls.service_uuids[0]}; it "
+                                 f"offers {offered}")
+        if self.driver is not None and type(self.driver) is cls:
+            self.driver.reset()  # the documented step after a reconnect
+        else:
+            self.driver = cls()
+        return self.driver
+
+    async def _start(self, conn: _Connection) -> None:
+        driver, client, queue = conn.driver, conn.client, conn.queue
+        def deliver(sample: SensorSample) -> None:
+            queue.put_nowait(sample)
+
+        def on_gap(sensor: str) -> None:
+            queue.put_nowait(StreamGap(sensor, "lost notifications"))
+
+        self.feed = feed = NotificationFeed(driver, deliver, self.watch_id, on_gap=on_gap)
+
+        def on_notification(char: Any, data: bytearray) -> None:
+            uuid = normalize_uuid(char.uuid)
+            waiting = self._awaiting
+            if waiting is not None and not waiting.done() and uuid in driver.response_uuids:
+                try:
+                    samples = driver.decode(uuid, bytes(data), time.time())
+                except DecodeError as exc:
+                    waiting.set_result(exc)
+                    return
+                if not samples:  # an answer; data on a shared characteristic goes on to the pipeline
+                    waiting.set_result(None)
+                    return
+                for s in samples:
+                    deliver(SensorSample(s.t, s.sensor, s.xyz))
+                return
+            feed.on_notification(uuid, data, time.time())
+
+        for uuid in driver.notify_uuids:
+            char = client.services.get_characteristic(uuid)
+            if char is None:
+                raise _Permanent(f"{self.address} ({conn.name}) has the {driver.name} service but not its "
+                                 f"characteristic {uuid}")
+            await client.start_notify(char, on_notification)
+        for write in driver.prepare_commands():
+            await self._write(conn, write, wait=bool(driver.response_uuids), prepare=True)
+        if not driver.sensors:
+            raise _Permanent(f"{self.address} ({conn.name}) streams none of the sensors {driver.name} knows")
+        for write in driver.start_commands():
+            await self._write(conn, write, wait=driver.expects_responses, prepare=False)
+        log.info("%s (%s): streaming %s over %s at %g Hz", self.address, conn.name, "+".join(driver.sensors),
+                 driver.name, driver.native_rate_hz)
+
+    async def _write(self, conn: _Connection, write: GattWrite, wait: bool, prepare: bool) -> None:
+        driver = conn.driver
+        answer: asyncio.Future | None = asyncio.get_running_loop().create_future() if wait else None
+        self._awaiting = answer  # armed before writing: the answer may beat the write's own reply
+        try:
+            await conn.client.write_gatt_char(write.char_uuid, write.data, response=driver.write_with_response)
+            if answer is None:
+                return
+            try:
+                result = await asyncio.wait_for(answer, self.options.response_timeout_s)
+            except TimeoutError:
+                if driver.expects_responses:
+                    raise _Transient(f"{self.address}: no answer to command {write.data.hex()} within "
+                                     f"{self.options.response_timeout_s:g} s") from None
+                log.warning("%s: no answer to %s within %g s; going on with defaults", self.address,
+                            write.data.hex(), self.options.response_timeout_s)
+                return
+        finally:
+            self._awaiting = None
+        if isinstance(result, DecodeError):
+            if prepare:  # e.g. "no gyroscope here": the driver has learned it from the answer
+                log.info("%s: the watch declined %s (%s)", self.address, write.data.hex(), result)
+            elif result.status not in ALREADY_STREAMING:
+                raise _Transient(f"{self.address}: the watch refused to start streaming ({result})")
+
+    async def _disconnect(self, conn: _Connection) -> None:
+        """Stop the stream and hang up, briefly: this runs when the agent stops."""
+        try:
+            async with asyncio.timeout(3):
+                if conn.client.is_connected:
+                    for write in conn.driver.stop_commands():
+                        await conn.client.write_gatt_char(write.char_uuid, write.data,
+                                                          response=conn.driver.write_with_response)
+                await conn.client.disconnect()
+        except (Exception, asyncio.CancelledError) as exc:
+            log.debug("%s: disconnecting: %s", self.address, exc)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    address: str
+    name: str
+    rssi: int
+    protocol: str | None
+    services: tuple[str, ...]
+
+
+async def scan(timeout: float, options: BleOptions | None = None) -> list[ScanResult]:
+    """Devices advertising within `timeout` seconds, strongest first, with the watch protocol recognised."""
+    from bleak import BleakScanner
+
+    options = options or BleOptions()
+    try:
+        async with _scan_lock():
+            found = await BleakScanner.discover(timeout=timeout, return_adv=True, bluez=options.bluez())
+    except Exception as exc:
+        if (unavailable := _bluetooth_unavailable(exc)) is not None:
+            raise unavailable from None
+        raise BleError(f"scanning failed: {one_line(exc)}") from None
+    results = [ScanResult(device.address.upper(), adv.local_name or device.name or "", adv.rssi,
+                          recognise(adv.service_uuids, adv.local_name or device.name),
+                          tuple(adv.service_uuids))
+               for device, adv in found.values()]
+    return sorted(results, key=lambda r: (-r.rssi, r.address))
