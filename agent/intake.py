@@ -49,6 +49,7 @@ class NotificationSource:
     """One watch's notifications → driver → bounded queue → `stream()` of samples and StreamGaps."""
 
     speed = 1.0  # live: the watch's clock runs at wall speed (the agent maps window times with it)
+    sensors_known = True  # the driver was configured before streaming (sources.Source)
 
     def __init__(self, watch_id: str, driver: WatchDriver, max_queue: int = DEFAULT_MAX_QUEUE,
                  max_age_s: float = DEFAULT_MAX_AGE_S) -> None:

@@ -29,7 +29,6 @@ from l2mu.agent.outbox import Outbox
 log = logging.getLogger(__name__)
 
 BATCH = 100  # decisions handed to paho at once; more would sit in paho's memory, out of the outbox's reach
-_EXP_WINDOW = bool(os.environ.get('L2MU_EXP_WINDOW'))
 SLOW_AFTER_S = 5.0  # a connected broker that acknowledged nothing for this long is reported as slow
 HA_STATUS = "status"
 
@@ -248,10 +247,10 @@ class MqttPublisher:
                 log.warning("broker %s:%d has acknowledged nothing for %.0f s (slow broker or network); %d decisions "
                             "wait in the queue", self.address.host, self.address.port, self.slow_after_s,
                             len(self.outbox))
-            if (not inflight or _EXP_WINDOW) and self.connected.is_set():
-                if not inflight:
+            if not inflight and self.connected.is_set():
+                batch = self.outbox.take(BATCH)
+                if batch:
                     progress = time.monotonic()
-                batch = self.outbox.take(BATCH - len(inflight))
                 for entry in batch:
                     info = self._client.publish(entry.topic, entry.payload, qos=1, retain=entry.retain)
                     inflight[info.mid] = entry.id

@@ -7,7 +7,7 @@ on disk; a subscriber with a persistent session counts what arrives. Faults rota
 - `broker-restart`: mosquitto stopped for a few seconds and started again;
 - `garbage`: 200 random frames (up to 200 bytes) into one watch's notifications;
 - `link-drop`: one watch's link down for 5 s (its notifications in that time are lost), then reconnected;
-- `slow-broker`: every byte to and from the broker delayed by 2.5 s for 10 s.
+- `slow-broker`: every byte to and from the broker delayed by 4 s for 12 s.
 
 The report (one JSON object): the agent's RSS over time (start, end, peak, growth after the first minute),
 decisions made, acknowledged and received (unique `seq`s per watch; none may be missing), dropped samples,
@@ -171,8 +171,8 @@ def inject(kind: str, watch: str, agent: AgentProcess, broker: LocalBroker, prox
     elif kind == "link-drop":
         agent.ask(f"drop {watch} 5")
     elif kind == "slow-broker":
-        proxy.delay_s = 2.5
-        time.sleep(10)
+        proxy.delay_s = 4.0  # each PUBACK 8 s after its PUBLISH: past the agent's 5 s "slow broker" mark
+        time.sleep(12)
         proxy.delay_s = 0.0
 
 
