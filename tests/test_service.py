@@ -159,7 +159,8 @@ class PipelineFreeAgent(Agent):
 
 def test_stalled_pipeline_stops_pinging(notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
-    meta = SimpleNamespace(sensors=["acc", "gyro"], sample_rate_hz=20.0, window_samples=10, classes=list("FGOPQRS"))
+    meta = SimpleNamespace(sensors=["acc", "gyro"], sample_rate_hz=20.0, window_samples=10, classes=list("FGOPQRS"),
+                           norm_mean=[0.0] * 6, norm_std=[1.0] * 6)
     notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "300000"})  # 0.3 s: pings every 0.15 s
     agent = PipelineFreeAgent([StallingSource(live_s=1.0)], SimpleNamespace(meta=meta), None, notifier=notifier)
 
@@ -186,7 +187,8 @@ def test_stalled_pipeline_stops_pinging(notify_socket: tuple[socket.socket, str]
 
 
 def test_ended_source_is_not_a_stall() -> None:
-    meta = SimpleNamespace(sensors=["acc", "gyro"], sample_rate_hz=20.0, window_samples=10, classes=list("FGOPQRS"))
+    meta = SimpleNamespace(sensors=["acc", "gyro"], sample_rate_hz=20.0, window_samples=10, classes=list("FGOPQRS"),
+                           norm_mean=[0.0] * 6, norm_std=[1.0] * 6)
     agent = PipelineFreeAgent([StallingSource(0)], SimpleNamespace(meta=meta), None, stall_after_s=1.0)
     session = agent.sessions[0]
     assert agent.healthy(now=session.last_progress + 0.5)
