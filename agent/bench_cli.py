@@ -20,12 +20,15 @@ bench_app = typer.Typer(
 )
 
 
-def emit(result: dict, out: Path | None) -> None:
-    text = json.dumps(result, indent=2)
+def save(result: dict, out: Path | None) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-    typer.echo(text)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def emit(result: dict, out: Path | None) -> None:
+    save(result, out)
+    typer.echo(json.dumps(result, indent=2))
 
 
 @bench_app.callback()
@@ -59,9 +62,7 @@ def runtimes(
     if as_json:
         emit(result, out)
         return
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, out)
     typer.echo(f"{result['model']}, {result['threads']} thread, {result['repeats']['windows']} windows / "
                f"{result['repeats']['steps']} steps")
     typer.echo(f"{'runtime':<16} {'window ms':>9} {'p99':>8} {'step us':>8} {'p99':>8} {'bytes':>9} {'RSS MB':>7}")
@@ -109,9 +110,7 @@ def load(
     if as_json:
         emit(result, out)
         return
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, out)
     typer.echo(f"{'watches':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'RSS MB':>7} {'dropped':>7} "
                f"{'decisions':>9} {'lost':>4}")
     for r in result["results"]:
