@@ -20,6 +20,7 @@ from l2mu.agent.ble_cli import RetryBudgetOpt, ScanTimeoutOpt, ble_options
 from l2mu.agent.ble_cli import register as register_ble_commands
 from l2mu.agent.broker import BrokerError
 from l2mu.agent.config import ConfigError
+from l2mu.agent.crossval_cli import register as register_crossval
 from l2mu.agent.mqtt import MqttError
 from l2mu.agent.outbox import OutboxError
 from l2mu.agent.recording import RecordingError
@@ -89,6 +90,8 @@ def parse_overrides(arch: str, items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set {item!r}: {key} must be {kind.__name__}") from None
     return out
 
+
+register_crossval(app, one_line_errors, parse_overrides)
 
 SubjectsOpt = Annotated[
     list[str] | None, typer.Option("--subjects", help="Subject ids, comma-separated or repeated.")

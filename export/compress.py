@@ -25,10 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from l2mu.export.data import fit_subjects, normalise_windows, raw_windows
+from l2mu.model.augment import augment
 from l2mu.model.checkpoint import Checkpoint, save_checkpoint
 from l2mu.model.l2mu import L2MU
 from l2mu.model.metrics import classification_report
-from l2mu.model.train import augment, predict_counts
+from l2mu.model.train import predict_counts
 
 SCOPES = ("layer", "global")
 

@@ -85,8 +85,11 @@ class LegendreMemory(nn.Module):
         return nn.functional.linear(m_prev, self.A_bar) + u.unsqueeze(-1) * self.B_bar
 
 
+SURROGATE_SLOPE = 25.0
+
+
 def _population(cfg: L2MUConfig, threshold: float) -> nn.Module:
-    grad = surrogate.fast_sigmoid(slope=25)
+    grad = surrogate.fast_sigmoid(slope=SURROGATE_SLOPE)
     beta = torch.tensor(cfg.beta)
     thr = torch.tensor(threshold)
     if cfg.neuron == "leaky":
@@ -140,6 +143,9 @@ class L2MU(nn.Module):
         })
         # True while tracing for export: same values, far smaller graph (see _fire_for_graph).
         self.graph_mode = False
+        # True to run snnTorch's own neuron modules step by step: the reference that the fast
+        # training path is tested against, and what hooks on `self.lif` (SynOps counting) need.
+        self.use_snntorch = False
 
     # ---- state ---------------------------------------------------------------------------
     def population_sizes(self) -> dict[str, int]:
@@ -224,9 +230,147 @@ class L2MU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, T, C] normalised samples → per-class spike counts [B, n_classes]."""
+        if not (self.graph_mode or self.use_snntorch):
+            return self.forward_layerwise(x)[0]
         state = self.initial_state(x.shape[0])
         counts = torch.zeros(x.shape[0], self.cfg.n_classes, device=x.device)
         for t in range(x.shape[1]):
             out, *state = self.step(x[:, t], *state)
             counts = counts + out
         return counts
+
+    # ---- fast training path -------------------------------------------------------------
+    def _lif_run(self, name: str, currents: Tensor) -> Tensor:
+        """Spikes [B, T, N] of population `name` driven by currents [B, T, N], from rest.
+
+        The input and output populations have no recurrent synapses, so a whole window's
+        currents are known before the population runs: one matmul per layer for all T steps,
+        and the population itself runs as one autograd node (`LIFSequence`)."""
+        lif = self.lif[name]
+        if self.cfg.neuron == "synaptic":
+            return LIFSequence.apply(currents, lif.beta, lif.threshold, lif.alpha)
+        return LIFSequence.apply(currents, lif.beta, lif.threshold, None)
+
+    def forward_layerwise(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Same function as stepping ``step`` over the window with snnTorch's neurons (tested:
+        equal values and gradients), evaluated layer by layer where the graph allows it.
+
+        Returns counts [B, n_classes] and each population's spikes summed over time and
+        averaged over neurons [B] (for firing-rate terms and reports)."""
+        cfg = self.cfg
+        b, steps, _ = x.shape
+        d, q = cfg.memory_size, cfg.order
+        s = self._lif_run("inj", (x.unsqueeze(-1) * self.inj_gain + self.inj_bias).reshape(b, steps, -1))
+        s = self._lif_run("in1", self.fc_in1(s))
+        s_x = self.drop(self._lif_run("in2", self.fc_in2(s)))
+        drive_u, drive_h = self.e_x(s_x), self.w_x(s_x)
+        lif_u, lif_m, lif_h = self.lif["u"], self.lif["m"], self.lif["h"]
+        two = 2 if cfg.neuron == "synaptic" else 1
+        st_u = [x.new_zeros(b, d)] * two
+        st_m = [x.new_zeros(b, d * q)] * two
+        st_h = [x.new_zeros(b, cfg.hidden)] * two
+        s_h, s_m = x.new_zeros(b, cfg.hidden), x.new_zeros(b, d * q)
+        hs, rate_u, rate_m = [], x.new_zeros(b), x.new_zeros(b)
+        # unbind, not drive[:, t]: each indexing's backward would zero-fill the whole window.
+        for du, dh in zip(drive_u.unbind(1), drive_h.unbind(1), strict=True):
+            s_u, st_u = lif_update(lif_u, du + self.e_h(s_h) + self.e_m(s_m), st_u)
+            m_cur = self.memory(s_m.reshape(b, d, q), s_u).reshape(b, d * q)
+            s_m, st_m = lif_update(lif_m, m_cur, st_m)
+            s_h, st_h = lif_update(lif_h, dh + self.w_h(s_h) + self.w_m(s_m), st_h)
+            hs.append(s_h)
+            rate_u = rate_u + s_u.mean(1)
+            rate_m = rate_m + s_m.mean(1)
+        s_hs = torch.stack(hs, dim=1)
+        s_o = self._lif_run("out", self.fc_out(self.drop(s_hs)))
+        counts = nn.functional.linear(s_o.sum(1), self.class_pool)
+        rates = {"u": rate_u / steps, "m": rate_m / steps, "h": s_hs.mean((1, 2)), "out": s_o.mean((1, 2))}
+        return counts, rates
+
+
+class _FastSigmoidSpike(torch.autograd.Function):
+    """Heaviside forward, fast-sigmoid surrogate backward: snnTorch's ``FastSigmoid`` (slope 25)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad / (SURROGATE_SLOPE * x.abs() + 1.0) ** 2
+
+
+class LIFSequence(torch.autograd.Function):
+    """A feed-forward LIF (or, with alpha, current-based LIF) population over a whole window,
+    with its backward pass through time written out: the same values and gradients as
+    unrolling `lif_update` (tested), without recording thousands of autograd nodes.
+
+    Forward: syn_t = α syn_{t−1} + I_t (Synaptic only), mem_t = β mem_{t−1} + syn_t − r_t ϑ,
+    r_t = H(mem_{t−1} − ϑ) (detached), s_t = H(mem_t − ϑ) with the fast-sigmoid surrogate.
+    Backward: g_mem_t = ∂L/∂s_t σ'_t + β g_mem_{t+1}; g_syn_t = g_mem_t + α g_syn_{t+1}."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, currents: Tensor, beta: Tensor, thr: Tensor,
+                alpha: Tensor | None) -> Tensor:
+        b_c = beta.clamp(0, 1)
+        a_c = alpha.clamp(0, 1) if alpha is not None else None
+        mem = torch.zeros_like(currents[:, 0])
+        syn = torch.zeros_like(mem)
+        mems, syns, resets = [], [], []
+        for current in currents.unbind(1):
+            reset = (mem > thr).to(currents.dtype)
+            if a_c is not None:
+                syn = a_c * syn + current
+                syns.append(syn)
+                current = syn
+            mem = b_c * mem + current - reset * thr
+            mems.append(mem)
+            resets.append(reset)
+        mem_all = torch.stack(mems, 1)
+        syn_all = torch.stack(syns, 1) if a_c is not None else None
+        ctx.save_for_backward(mem_all, torch.stack(resets, 1), beta, thr,
+                              *((syn_all, alpha) if alpha is not None else ()))
+        return (mem_all > thr).to(currents.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_spk: Tensor) -> tuple[Tensor | None, ...]:
+        mem_all, reset_all, beta, thr, *syn = ctx.saved_tensors
+        b_c = beta.clamp(0, 1)
+        surrogate_in = grad_spk / (SURROGATE_SLOPE * (mem_all - thr).abs() + 1.0) ** 2
+        g_mem = torch.empty_like(mem_all)
+        running = torch.zeros_like(mem_all[:, 0])
+        for t in range(mem_all.shape[1] - 1, -1, -1):
+            running = surrogate_in[:, t] + b_c * running
+            g_mem[:, t] = running
+        mem_prev = torch.cat([torch.zeros_like(mem_all[:, :1]), mem_all[:, :-1]], 1)
+        g_beta = (g_mem * mem_prev).sum() * ((beta >= 0) & (beta <= 1)).to(beta.dtype)
+        g_thr = -(surrogate_in.sum() + (g_mem * reset_all).sum())
+        if not syn:
+            return g_mem, g_beta.reshape(beta.shape), g_thr.reshape(thr.shape), None
+        syn_all, alpha = syn
+        a_c = alpha.clamp(0, 1)
+        g_syn = torch.empty_like(g_mem)
+        running = torch.zeros_like(g_mem[:, 0])
+        for t in range(g_mem.shape[1] - 1, -1, -1):
+            running = g_mem[:, t] + a_c * running
+            g_syn[:, t] = running
+        syn_prev = torch.cat([torch.zeros_like(syn_all[:, :1]), syn_all[:, :-1]], 1)
+        g_alpha = (g_syn * syn_prev).sum() * ((alpha >= 0) & (alpha <= 1)).to(alpha.dtype)
+        return g_syn, g_beta.reshape(beta.shape), g_thr.reshape(thr.shape), g_alpha.reshape(alpha.shape)
+
+
+def lif_update(lif: nn.Module, current: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """One step of snnTorch's Leaky / Synaptic (subtractive reset by the previous step's
+    spike, detached as snnTorch detaches it) without its per-call bookkeeping."""
+    thr = lif.threshold
+    if len(state) == 2:
+        syn_prev, mem_prev = state
+        reset = (mem_prev > thr).to(current.dtype)
+        syn = lif.alpha.clamp(0, 1) * syn_prev + current
+        mem = lif.beta.clamp(0, 1) * mem_prev + syn - reset * thr
+        return _FastSigmoidSpike.apply(mem - thr), [syn, mem]
+    (mem_prev,) = state
+    reset = (mem_prev > thr).to(current.dtype)
+    mem = lif.beta.clamp(0, 1) * mem_prev + current - reset * thr
+    return _FastSigmoidSpike.apply(mem - thr), [mem]

@@ -49,9 +49,9 @@ def count_synops(model: L2MU, windows: np.ndarray, batch: int = 256) -> dict:
         def spike_hook(_mod: nn.Module, _args: tuple, out: tuple, pop: str = pop) -> None:
             spikes[pop] += float(out[0].sum())
         hooks.append(lif.register_forward_hook(spike_hook))
-    was_training, graph_mode = model.training, model.graph_mode
+    was_training, graph_mode, use_snntorch = model.training, model.graph_mode, model.use_snntorch
     model.eval()
-    model.graph_mode = False  # the spike hooks need the snnTorch modules to run
+    model.graph_mode, model.use_snntorch = False, True  # the spike hooks need the snnTorch modules to run
     try:
         for i in range(0, len(windows), batch):
             model(torch.from_numpy(np.ascontiguousarray(windows[i : i + batch], dtype=np.float32)))
@@ -59,7 +59,7 @@ def count_synops(model: L2MU, windows: np.ndarray, batch: int = 256) -> dict:
         for h in hooks:
             h.remove()
         model.train(was_training)
-        model.graph_mode = graph_mode
+        model.graph_mode, model.use_snntorch = graph_mode, use_snntorch
     n, steps = len(windows), windows.shape[1]
     sizes = model.population_sizes()
     cfg = model.cfg

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from l2mu.model import wisdm
+from l2mu.model.augment import augment, random_slower_watch, slower_watch, time_warp
 from l2mu.model.baselines import BASELINE_ARCHS, BaselineConfig, build_baseline
 from l2mu.model.checkpoint import save_checkpoint
 from l2mu.model.l2mu import L2MU, L2MUConfig
@@ -48,6 +49,17 @@ class TrainConfig:
     subjects: list[int] | None = None
     val_subjects: list[int] | None = None
     rotate_deg: float = 30.0  # augmentation: random watch orientation within ±this
+    time_warp: float = 0.0  # augmentation: windows played 1 ± this faster or slower
+    slow_watch_share: float = 0.0  # augmentation: share of batches seen through a 10–20 Hz watch
+    slow_watch_low_hz: float = 10.0
+    # Firing-rate floor: a squared penalty on each of `u` and `m` whose mean rate falls below it,
+    # so the Legendre memory cannot fall silent (as it did in the first hand8 model).
+    rate_floor: float = 0.0
+    rate_weight: float = 0.0
+    label_smoothing: float = 0.0
+    keep: str = "best"  # "best" validation epoch, or "last" (cross-validation, final fits: no peeking)
+    # Watch rates at which the validation windows are also scored (through `slower_watch`).
+    eval_rates_hz: tuple[float, ...] = ()
     max_steps_per_epoch: int | None = None  # tests cap this to train for a few steps
     name: str = ""
     model: dict = field(default_factory=dict)  # L2MUConfig / BaselineConfig overrides
@@ -107,29 +119,31 @@ def predict_counts(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndar
     return np.concatenate(outs) if outs else np.zeros((0, model.cfg.n_classes), np.float32)
 
 
-def random_rotations(n: int, max_deg: float, gen: torch.Generator) -> torch.Tensor:
-    """n rotation matrices about random axes by angles uniform in ±max_deg (Rodrigues)."""
-    axis = torch.randn(n, 3, generator=gen)
-    axis = axis / axis.norm(dim=1, keepdim=True)
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * np.deg2rad(max_deg)
-    k = torch.zeros(n, 3, 3)
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    k = k - k.transpose(1, 2)
-    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
-    return torch.eye(3) + s * k + (1 - c) * (k @ k)
+@torch.no_grad()
+def firing_rates(model: nn.Module, x: np.ndarray, batch: int = 512) -> dict[str, float]:
+    """Mean firing rate (spikes per neuron per step) of the recurrent and output populations."""
+    if not isinstance(model, L2MU) or len(x) == 0:
+        return {}
+    model.eval()
+    sums: dict[str, float] = {}
+    for i in range(0, len(x), batch):
+        _, rates = model.forward_layerwise(torch.from_numpy(x[i : i + batch]))
+        for k, v in rates.items():
+            sums[k] = sums.get(k, 0.0) + float(v.sum())
+    return {k: v / len(x) for k, v in sums.items()}
 
 
-def augment(xb: torch.Tensor, gen: torch.Generator, rotate_deg: float) -> torch.Tensor:
-    """Raw windows [B, T, 3·sensors] in SI units → randomly perturbed copies.
+def scores_by_subject(y: np.ndarray, pred: np.ndarray, subjects: np.ndarray, classes: tuple[str, ...]) -> dict:
+    out = {}
+    for s in np.unique(subjects):
+        sel = subjects == s
+        rep = classification_report(y[sel], pred[sel], classes)
+        out[str(int(s))] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n_windows": int(sel.sum())}
+    return out
 
-    Wearers wear the watch at different angles and move with different vigour: rotate all of a
-    window's sensors by one random rotation (acc and gyro live in the same watch frame), then
-    apply a random per-window gain."""
-    b, _, c = xb.shape
-    rot = random_rotations(b, rotate_deg, gen)
-    parts = [xb[..., i : i + 3] @ rot.transpose(1, 2) for i in range(0, c, 3)]
-    gain = 1 + 0.1 * torch.randn(b, 1, 1, generator=gen)
-    return torch.cat(parts, dim=-1) * gain
+
+def rate_penalty(rates: dict[str, torch.Tensor], floor: float) -> torch.Tensor:
+    return sum(torch.relu(floor - rates[p].mean()) ** 2 for p in ("u", "m"))
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -145,9 +159,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     available = wisdm.list_subjects(cfg.data, sensors)
     if not available:
         raise wisdm.DatasetError(f"{cfg.data}: no subject has all of {', '.join(sensors)}")
-    train_subj, val_subj = split_subjects(available, cfg.subjects, cfg.val_subjects)
+    if cfg.val_subjects == []:  # a final fit: every pool subject trains, the epoch count is given
+        pool = cfg.subjects or [s for s in available if s not in TEST_SUBJECTS]
+        train_subj, val_subj = sorted(set(pool) & set(available)), []
+    else:
+        train_subj, val_subj = split_subjects(available, cfg.subjects, cfg.val_subjects)
+    if cfg.keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', not {cfg.keep!r}")
     x_tr, y_tr, _ = labelled_windows(cfg.data, train_subj, sensors, classes, cfg.train_hop, rng)
-    x_va, y_va, _ = labelled_windows(cfg.data, val_subj, sensors, classes, cfg.eval_hop, rng)
+    x_va, y_va, s_va = labelled_windows(cfg.data, val_subj, sensors, classes, cfg.eval_hop, rng)
+    if not val_subj:
+        x_va = np.zeros((0, *x_tr.shape[1:]), np.float32)
     if len(x_tr) == 0:
         raise wisdm.DatasetError(f"{cfg.data}: no training windows for subjects {train_subj}")
 
@@ -160,7 +182,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     mcfg = model.cfg
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    spiking = isinstance(model, L2MU)
 
     meta = ModelMetadata(
         name=cfg.name or default_name(cfg),
@@ -197,9 +220,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 xb = torch.from_numpy(x_tr[idx.numpy()]).float()
                 if cfg.rotate_deg > 0:
                     xb = augment(xb, gen, cfg.rotate_deg)
+                if cfg.time_warp > 0:
+                    xb = time_warp(xb, gen, cfg.time_warp)
+                if cfg.slow_watch_share > 0 and float(torch.rand(1, generator=gen)) < cfg.slow_watch_share:
+                    xb = random_slower_watch(xb, gen, cfg.slow_watch_low_hz)
                 xb = (xb - mean_t) / std_t
                 yb = torch.from_numpy(y_tr[idx.numpy()])
-                loss = loss_fn(model(xb), yb)
+                if spiking:
+                    counts, rates = model.forward_layerwise(xb)
+                    loss = loss_fn(counts, yb)
+                    if cfg.rate_weight > 0:
+                        loss = loss + cfg.rate_weight * rate_penalty(rates, cfg.rate_floor)
+                else:
+                    loss = loss_fn(model(xb), yb)
                 opt.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -210,8 +243,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             val = classification_report(y_va, predict_counts(model, x_va).argmax(1), classes) if len(x_va) else {}
             score = val.get("macro_f1", -float(np.mean(losses)))
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
-                            "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1")})
-            if score > best["score"]:
+                            "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"),
+                            "seconds": round(time.time() - t0, 1)})
+            if cfg.keep == "last" or score > best["score"]:
                 best = {"score": score, "epoch": epoch}
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
                 save_checkpoint(cfg.out / "checkpoint.pt", model, meta)
@@ -219,15 +253,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             bar.update(task, status=status)
             if not progress:
                 print(status, f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-            if epoch - best["epoch"] >= cfg.patience:
+            if cfg.keep == "best" and epoch - best["epoch"] >= cfg.patience:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    val = classification_report(y_va, predict_counts(model, x_va).argmax(1), classes) if len(x_va) else {}
+    pred_va = predict_counts(model, x_va).argmax(1)
+    val = classification_report(y_va, pred_va, classes) if len(x_va) else {}
+    if len(x_va):
+        val["by_subject"] = scores_by_subject(y_va, pred_va, s_va, classes)
+        val["firing_rate"] = firing_rates(model, x_va)
+        val["at_rate_hz"] = {}
+        for rate in cfg.eval_rates_hz:
+            raw = torch.from_numpy(((x_va * std) + mean).astype(np.float32))
+            slow = ((slower_watch(raw, rate).numpy() - mean) / std).astype(np.float32)
+            rep = classification_report(y_va, predict_counts(model, slow).argmax(1), classes)
+            val["at_rate_hz"][f"{rate:g}"] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
     report = {
         "model": meta.name, "config": mcfg.to_dict(), "train": {k: str(v) if isinstance(v, Path) else v
                                                              for k, v in cfg.__dict__.items()},
         "subjects": meta.training, "best_epoch": best["epoch"], "history": history,
+        "seconds_per_epoch": round((time.time() - t0) / max(1, len(history)), 1),
         "validation": val, "seconds": round(time.time() - t0, 1),
         "params": sum(p.numel() for p in model.parameters()),
     }

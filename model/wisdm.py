@@ -7,7 +7,10 @@ one sample per line, ``subject,activity,timestamp_ns,x,y,z;``.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +82,52 @@ def list_subjects(root: Path, sensors: Sequence[str] = ("acc", "gyro")) -> list[
     return sorted(set.intersection(*per_sensor)) if per_sensor else []
 
 
+# Bump when parse_raw's output changes, so stale cache entries are never read.
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Where parsed raw files are kept: $L2MU_CACHE_DIR, else the user's cache directory
+    (never the repository or the dataset, which may be read-only)."""
+    if env := os.environ.get("L2MU_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "l2mu" / "wisdm"
+
+
 def read_raw(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`parse_raw`, served from a cache keyed by the file's bytes: parsing the text is most of
+    the cost of loading the dataset, and training reads the same files on every run."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from exc
+    key = hashlib.sha256(blob).hexdigest()[:40]
+    entry = cache_dir() / f"{key}-v{CACHE_VERSION}.npz"
+    try:
+        with np.load(entry, allow_pickle=False) as z:
+            return z["activity"], z["t_ns"], z["xyz"]
+    except (OSError, KeyError, ValueError):
+        pass  # absent or damaged: parse again and rewrite it
+    parsed = parse_raw(path, blob)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f"{entry.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, activity=parsed[0], t_ns=parsed[1], xyz=parsed[2])
+        tmp.replace(entry)
+    except OSError:
+        pass  # a read-only home still trains, only slower
+    return parsed
+
+
+def parse_raw(path: Path, blob: bytes | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse one raw file into (activity codes [N], timestamps ns [N] int64, xyz [N,3] float64)."""
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="ascii", errors="replace") as fh:
-            text = fh.read()
-    except (OSError, EOFError) as exc:
+        if blob is None:
+            blob = Path(path).read_bytes()
+        raw = gzip.decompress(blob) if Path(path).suffix == ".gz" else blob
+        text = raw.decode("ascii", errors="replace")
+    except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
     lines = [ln.strip().rstrip(";") for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]
