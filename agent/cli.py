@@ -20,6 +20,7 @@ from l2mu.agent.ble_cli import RetryBudgetOpt, ScanTimeoutOpt, ble_options
 from l2mu.agent.ble_cli import register as register_ble_commands
 from l2mu.agent.broker import BrokerError
 from l2mu.agent.config import ConfigError
+from l2mu.agent.crossval_cli import parse_recipe
 from l2mu.agent.crossval_cli import register as register_crossval
 from l2mu.agent.mqtt import MqttError
 from l2mu.agent.outbox import OutboxError
@@ -123,6 +124,12 @@ def train(
     dropout: Annotated[float, typer.Option(min=0, max=0.9, help="Spike dropout while training.")] = 0.1,
     rotate_deg: Annotated[float, typer.Option(min=0, help="Augmentation: random watch rotation within ±deg.")]
     = 30.0,
+    recipe: Annotated[
+        list[str] | None,
+        typer.Option("--recipe", help="Training recipe KEY=VALUE (e.g. time_warp=0.1); see `crossval`."),
+    ] = None,
+    final: Annotated[bool, typer.Option("--final", help="Final fit: every non-test subject (or --subjects) "
+                                                        "trains for exactly --epochs; no validation.")] = False,
 ) -> None:
     """Train an L2MU on WISDM-2019 watch data, split by subject; writes checkpoint.pt, report.json, PNGs."""
     from l2mu.model.train import CLASS_SETS, SENSOR_SETS, TrainConfig
@@ -142,9 +149,18 @@ def train(
         batch_size=batch_size, subjects=parse_subjects(subjects), val_subjects=parse_subjects(val_subjects),
         max_steps_per_epoch=max_steps_per_epoch, patience=patience, rotate_deg=rotate_deg, arch=arch,
         model=model_overrides,
+        **parse_recipe(recipe or [], frozenset({"batch_size", "max_steps_per_epoch", "patience", "rotate_deg"})),
     )
+    if final:
+        if val_subjects:
+            raise ValueError("--final trains on every subject; it takes no --val-subjects")
+        cfg.val_subjects, cfg.keep = [], "last"
     report = run_training(cfg, progress=sys.stderr.isatty())
     val = report["validation"]
+    if final:
+        typer.echo(f"trained {len(report['history'])} epochs on subjects {report['subjects']['train_subjects']} "
+                   f"({report['seconds']} s); wrote {out / 'checkpoint.pt'}")
+        return
     typer.echo(
         f"best epoch {report['best_epoch']}: validation accuracy {val.get('accuracy', float('nan')):.3f}, "
         f"macro-F1 {val.get('macro_f1', float('nan')):.3f} on subjects {report['subjects']['validation_subjects']}"

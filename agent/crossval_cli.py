@@ -14,11 +14,12 @@ RECIPE_FIXED = {"data", "out", "classes", "sensors", "neuron", "arch", "epochs",
                 "name", "model", "keep", "eval_rates_hz"}
 
 
-def parse_recipe(items: list[str]) -> dict[str, Any]:
-    """--recipe KEY=VALUE pairs for the training recipe (TrainConfig), typed like its defaults."""
+def parse_recipe(items: list[str], own_options: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """--recipe KEY=VALUE pairs for the training recipe (TrainConfig), typed like its defaults;
+    `own_options` are the fields the command sets through options of their own."""
     from l2mu.model.train import TrainConfig
 
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in RECIPE_FIXED}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in RECIPE_FIXED | own_options}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")

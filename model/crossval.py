@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from l2mu.model import wisdm
+from l2mu.model.smoothing_cv import smoothing_scores, summarise_smoothing
 from l2mu.model.splits import TEST_SUBJECTS
 from l2mu.model.train import SENSOR_SETS, TrainConfig, train
 
@@ -77,6 +78,9 @@ def summarise(cfg: TrainConfig, folds: list[list[int]], reports: list[dict]) -> 
         at_rate[hz] = {m: mean_sd([r["validation"]["at_rate_hz"][hz][m] for r in reports])
                        for m in ("accuracy", "macro_f1")}
     subj_acc = [v["accuracy"] for v in by_subject.values()]
+    smoothing: dict[str, dict] = {}
+    for i, fold in enumerate(folds):
+        smoothing.update(smoothing_scores(cfg.out / f"fold{i}" / "checkpoint.pt", cfg.data, fold))
     return {
         "recipe": recipe_of(cfg),
         "folds": folds,
@@ -87,6 +91,8 @@ def summarise(cfg: TrainConfig, folds: list[list[int]], reports: list[dict]) -> 
         "by_subject": dict(sorted(by_subject.items())),
         "firing_rate": rates,
         "at_rate_hz": at_rate,
+        # Decision smoothing on the validation subjects' activities played back to back.
+        "smoothing": summarise_smoothing(smoothing),
         "mean_val_macro_f1_by_epoch": curve,
         "best_mean_epoch": int(np.argmax(curve)) + 1,
         "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in reports])),
