@@ -181,6 +181,9 @@ def evaluate(
     cost: Annotated[
         bool, typer.Option(help="Also count SynOps (L2MU) or MACs (baselines) per window; needs the .pt checkpoint.")
     ] = True,
+    watch_rate: Annotated[float | None, typer.Option(
+        min=1.0, max=20.0, help="Score as from a watch sampling at this rate (Hz), resampled as the agent does.")]
+    = None,
 ) -> None:
     """Window accuracy, macro-F1, per-class scores and confusion of a model on WISDM subjects."""
     import numpy as np
@@ -219,7 +222,8 @@ def evaluate(
         def cost_fn(x: np.ndarray) -> dict:
             return compute_cost(eager, x)
 
-    result = evaluate_windows(data, meta, counts_fn, parse_subjects(subjects), hop=hop, cost_fn=cost_fn)
+    result = evaluate_windows(data, meta, counts_fn, parse_subjects(subjects), hop=hop, cost_fn=cost_fn,
+                              watch_rate_hz=watch_rate)
     if as_json:
         typer.echo(json.dumps(result))
         return

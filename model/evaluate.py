@@ -21,9 +21,12 @@ def evaluate_windows(
     hop: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cost_fn: Callable[[np.ndarray], dict] | None = None,
+    watch_rate_hz: float | None = None,
 ) -> dict:
     """counts_fn maps normalised windows [W, T, C] → counts [W, K]; cost_fn (optional) maps the same
-    windows to compute-cost figures (SynOps, MACs) merged into the result under "cost"."""
+    windows to compute-cost figures (SynOps, MACs) merged into the result under "cost".
+    watch_rate_hz: score the windows as a watch sampling at this rate (< 20 Hz) would deliver them
+    through the agent's resampler (`l2mu.model.augment.slower_watch`)."""
     available = wisdm.list_subjects(data, meta.sensors)
     chosen = sorted(set(subjects) & set(available)) if subjects else available
     if not chosen:
@@ -31,9 +34,15 @@ def evaluate_windows(
         raise wisdm.DatasetError(f"{data}: no data with {'+'.join(meta.sensors)} for {wanted}")
     classes = tuple(meta.classes)
     hop = hop or meta.window_samples
-    x, y, _ = labelled_windows(data, chosen, tuple(meta.sensors), classes, hop, window=meta.window_samples)
+    x, y, subj = labelled_windows(data, chosen, tuple(meta.sensors), classes, hop, window=meta.window_samples)
     if len(x) == 0:
         raise wisdm.DatasetError(f"{data}: no windows of the classes {', '.join(classes)}")
+    if watch_rate_hz is not None:
+        import torch
+
+        from l2mu.model.augment import slower_watch
+
+        x = slower_watch(torch.from_numpy(x), watch_rate_hz).numpy()
     x = ((x - np.asarray(meta.norm_mean)) / np.asarray(meta.norm_std)).astype(np.float32)
     chunk = 256
     counts = []
@@ -43,6 +52,12 @@ def evaluate_windows(
             progress(min(i + chunk, len(x)), len(x))
     pred = np.concatenate(counts).argmax(1)
     report = classification_report(y, pred, meta.class_names)
+    by_subject = {}
+    for s in chosen:
+        sel = subj == s
+        if sel.any():
+            rep = classification_report(y[sel], pred[sel], meta.class_names)
+            by_subject[str(s)] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n_windows": int(sel.sum())}
     return {
         "model": meta.name,
         **{k: report[k] for k in ("accuracy", "macro_f1")},
@@ -52,5 +67,7 @@ def evaluate_windows(
         "per_class": report["per_class"],
         "confusion": report["confusion"],
         "classes": meta.class_names,
+        "by_subject": by_subject,
+        "watch_rate_hz": watch_rate_hz or meta.sample_rate_hz,
         **({"cost": cost_fn(x)} if cost_fn else {}),
     }
