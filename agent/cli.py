@@ -431,7 +431,7 @@ def serve(watch: list[str], mqtt: str | None, model: str | None, speed: float, a
     """The agent itself, with every option settled."""
     from l2mu.agent.broker import LocalBroker
     from l2mu.agent.daemon import Agent
-    from l2mu.agent.echo import EchoSubscriber
+    from l2mu.agent.echo import EchoSubscriber, RecentTruths
     from l2mu.agent.hass import discovery_messages
     from l2mu.agent.mqtt import MqttPublisher, MqttSecurity, activity_topic, status_topic
     from l2mu.agent.outbox import Outbox
@@ -469,9 +469,8 @@ def serve(watch: list[str], mqtt: str | None, model: str | None, speed: float, a
     publisher = MqttPublisher(mqtt, agent_id, prefix=topic_prefix, security=security,
                               outbox=Outbox(queue_dir, queue_size), protocol=mqtt_protocol, discovery=discovery,
                               discovery_prefix=ha_prefix)
-    truths: dict[tuple[str, int], str] = {}
-    agent = Agent(sources, classifier, publisher, decision_period,
-                  on_decision=lambda p, truth: truths.__setitem__((p["watch"], p["seq"]), truth),
+    truths = RecentTruths()
+    agent = Agent(sources, classifier, publisher, decision_period, on_decision=truths.note if echo else None,
                   smoothing=smoothing, smoothing_window=smoothing_window, raw_scores=raw_scores, notifier=notifier)
     subscriber = EchoSubscriber(mqtt, topic_prefix, truths, security) if echo else None
     try:
