@@ -26,10 +26,10 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from l2mu.agent.intake import StreamGap
+from l2mu.agent.events import Sample, SourceEvent, StreamGap, WatchConnected
 from l2mu.agent.notifications import NotificationFeed
-from l2mu.agent.recording import SensorSample
-from l2mu.agent.sources import MAC_RE, SourceError, SourceItem, WatchConnected, topic_safe
+from l2mu.agent.settings import DEFAULTS
+from l2mu.agent.sources import MAC_RE, SourceError, topic_safe
 from l2mu.firmware_bridge.driver import (
     DecodeError,
     GattWrite,
@@ -77,8 +77,8 @@ class _Transient(BleError):
 
 @dataclass
 class BleOptions:
-    scan_timeout_s: float = 10.0  # how long to look for a watch BlueZ does not know yet
-    retry_budget_s: float = 120.0  # how long after a link loss (or a failed first connection) to keep trying
+    scan_timeout_s: float = DEFAULTS.scan_timeout  # how long to look for a watch BlueZ does not know yet
+    retry_budget_s: float = DEFAULTS.retry_budget  # how long after a link loss (or a failed first connection)
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
     response_timeout_s: float = 5.0  # for a watch's answer to one command
@@ -168,7 +168,7 @@ class BleSource:
 
     # --- the stream --------------------------------------------------------------------------
 
-    async def stream(self) -> AsyncIterator[SourceItem]:
+    async def stream(self) -> AsyncIterator[SourceEvent]:
         await self._close_stale()
         conn: _Connection | None = None
         try:
@@ -314,7 +314,7 @@ class BleSource:
 
     async def _start(self, conn: _Connection) -> None:
         driver, client, queue = conn.driver, conn.client, conn.queue
-        def deliver(sample: SensorSample) -> None:
+        def deliver(sample: Sample) -> None:
             queue.put_nowait(sample)
 
         def on_gap(sensor: str) -> None:
@@ -335,7 +335,7 @@ class BleSource:
                     waiting.set_result(None)
                     return
                 for s in samples:
-                    deliver(SensorSample(s.t, s.sensor, s.xyz))
+                    deliver(Sample(s.t, s.sensor, s.xyz))
                 return
             feed.on_notification(uuid, data, time.time())
 

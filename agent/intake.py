@@ -23,26 +23,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
+from l2mu.agent.errors import UsageError
+from l2mu.agent.events import Sample, StreamGap
 from l2mu.agent.notifications import NotificationFeed
-from l2mu.agent.recording import SensorSample
+from l2mu.agent.settings import DEFAULTS
 from l2mu.firmware_bridge.driver import WatchDriver
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_QUEUE = 1024  # samples: ~10 s of a 52 Hz acc + gyro watch, far beyond any healthy backlog
-DEFAULT_MAX_AGE_S = 1.0  # a sample older than this is useless to a decision published once a second
 YIELD_EVERY = 32  # samples the consumer handles before letting other watches' tasks run
-
-
-@dataclass(frozen=True, slots=True)
-class StreamGap:
-    """Yielded by a source between samples: samples of `sensor` were lost here, so the pipeline restarts
-    its grid instead of interpolating across the hole (see StreamAligner.mark_gap)."""
-
-    sensor: str
-    reason: str
 
 
 class NotificationSource:
@@ -50,11 +40,12 @@ class NotificationSource:
 
     speed = 1.0  # live: the watch's clock runs at wall speed (the agent maps window times with it)
     sensors_known = True  # the driver was configured before streaming (sources.Source)
+    connecting = False
 
-    def __init__(self, watch_id: str, driver: WatchDriver, max_queue: int = DEFAULT_MAX_QUEUE,
-                 max_age_s: float = DEFAULT_MAX_AGE_S) -> None:
+    def __init__(self, watch_id: str, driver: WatchDriver, max_queue: int = DEFAULTS.intake_queue,
+                 max_age_s: float = DEFAULTS.intake_max_age_s) -> None:
         if max_queue < 1 or max_age_s <= 0:
-            raise ValueError("an intake needs max_queue ≥ 1 and max_age_s > 0")
+            raise UsageError("an intake needs max_queue ≥ 1 and max_age_s > 0")
         self.watch_id = watch_id
         self.driver = driver
         self.max_queue = max_queue
@@ -64,7 +55,7 @@ class NotificationSource:
         self.dropped_stale = 0
         self.link_drops = 0
         self.arrival = 0.0  # arrival time (monotonic) of the sample the agent is handling now
-        self._queue: deque[tuple[float, SensorSample | StreamGap]] = deque()
+        self._queue: deque[tuple[float, Sample | StreamGap]] = deque()
         self._samples_queued = 0  # samples (not gap markers) in _queue
         self._head_gap: str | None = None  # samples were shed ahead of the queue's head: report a gap first
         self._now = 0.0  # arrival stamp of the notification being decoded
@@ -93,7 +84,7 @@ class NotificationSource:
         self._now = time.monotonic() if arrived is None else arrived
         return self.feed.on_notification(char_uuid, data, time.time() if received_at is None else received_at)
 
-    def _deliver(self, sample: SensorSample) -> None:
+    def _deliver(self, sample: Sample) -> None:
         if self._closed:
             return
         if self._samples_queued >= self.max_queue:
@@ -105,7 +96,7 @@ class NotificationSource:
     def _shed_oldest(self) -> None:
         while self._queue:
             _, item = self._queue.popleft()
-            if isinstance(item, SensorSample):
+            if isinstance(item, Sample):
                 self._samples_queued -= 1
                 self.dropped_overflow += 1
                 self._note_drop(item.sensor, "overflow")
@@ -145,7 +136,7 @@ class NotificationSource:
 
     # --- consumer side: the agent's task for this watch -------------------------------------------
 
-    async def stream(self) -> AsyncIterator[SensorSample | StreamGap]:
+    async def stream(self) -> AsyncIterator[Sample | StreamGap]:
         handled = 0
         while True:
             if not self._queue:
@@ -155,7 +146,7 @@ class NotificationSource:
                 await self._wake.wait()
                 continue
             arrived, item = self._queue.popleft()
-            if isinstance(item, SensorSample):
+            if isinstance(item, Sample):
                 self._samples_queued -= 1
                 if time.monotonic() - arrived > self.max_age_s:
                     self.dropped_stale += 1

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from l2mu.agent.recording import SensorSample
+from l2mu.agent.events import Sample
 from l2mu.firmware_bridge.driver import DecodeError, WatchDriver
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class NotificationFeed:
     driver: WatchDriver
-    deliver: Callable[[SensorSample], object]
+    deliver: Callable[[Sample], object]
     watch_id: str = "watch"
     # Called with each declared sensor when the driver saw lost packets (sequence numbers),
     # so the pipeline restarts its grid instead of interpolating across the hole.
@@ -49,7 +49,7 @@ class NotificationFeed:
                 for sensor in self.driver.sensors:
                     self.on_gap(sensor)
         for s in decoded:
-            self.deliver(SensorSample(s.t, s.sensor, s.xyz))
+            self.deliver(s)
         self.samples += len(decoded)
         return len(decoded)
 

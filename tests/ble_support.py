@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from l2mu.agent.virtual_bluez import GattCharacteristic, GattService, Peripheral
+from l2mu.agent.sim.bluez import GattCharacteristic, GattService, Peripheral
 
 from .conftest import TINY_WINDOW, cli_command
 

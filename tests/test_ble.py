@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from l2mu.agent.ble import BleError, BleOptions, BleSource
-from l2mu.agent.dbus_daemon import PrivateBus
+from l2mu.agent.sim.bluez import VirtualAdapter, VirtualBluetooth
+from l2mu.agent.sim.dbus_daemon import PrivateBus
+from l2mu.agent.sim.watches import DEFAULT_ADDRESSES, PROTOCOLS, MotionTape, VirtualWatch, make_watch
 from l2mu.agent.sources import demo_recording, topic_safe
-from l2mu.agent.virtual_bluez import VirtualAdapter, VirtualBluetooth
-from l2mu.agent.virtual_watch import DEFAULT_ADDRESSES, PROTOCOLS, MotionTape, VirtualWatch, make_watch
 
 from .ble_support import AgentProcess, FitnessBand, export, tiny_acc_checkpoint
 from .conftest import cli_command
@@ -69,7 +69,7 @@ def tape() -> MotionTape:
 
 @pytest.fixture(scope="module")
 def bluetooth(tape: MotionTape):
-    from l2mu.agent.dbus_daemon import dbus_daemon_binary
+    from l2mu.agent.sim.dbus_daemon import dbus_daemon_binary
 
     if dbus_daemon_binary() is None:
         pytest.fail("dbus-daemon is not installed (apt-get install dbus)")

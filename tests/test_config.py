@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from l2mu.agent.config import ConfigError, environment_overrides, load_config, merge_options
+from l2mu.agent.settings import ConfigError, environment_overrides, load_config, merge_options
 
 from .conftest import cli_command
 from .test_mqtt_support import Subscriber, decisions, make_recording, run_agent

@@ -1,7 +1,7 @@
 """Fault matrix: each fault against a running agent; it keeps serving the rest, says what happened in one log line,
 and loses no decision it already made.
 
-The agent here is the load rig (`python -m l2mu.agent.loadbench --commands`, a real process): the real Agent,
+The agent here is the load rig (`python -m l2mu.agent.bench.load --commands`, a real process): the real Agent,
 MqttPublisher and Outbox fed by virtual watches whose protocol bytes (real WISDM data) enter through the same
 intake BLE notifications use; faults inside the agent (garbage frames, a dropped link) are asked for on its stdin,
 faults around it (broker, network, disk) are made for real: mosquitto killed with SIGKILL, a TCP proxy that
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from l2mu.agent.broker import LocalBroker, free_port, mosquitto_binary
-from l2mu.agent.slowlink import DelayProxy
+from l2mu.agent.sim.slowlink import DelayProxy
 
 from .conftest import cli_command
 from .test_mqtt_support import Subscriber, decisions
@@ -39,7 +39,7 @@ class RigProcess:
 
     def __init__(self, mqtt: str, model: Path, *args: str, watches: int = 3, prefix: str = "har",
                  wrap: list[str] | None = None, preexec=None) -> None:  # noqa: ANN001
-        cmd = [*(wrap or []), sys.executable, "-m", "l2mu.agent.loadbench", "--watches", str(watches),
+        cmd = [*(wrap or []), sys.executable, "-m", "l2mu.agent.bench.load", "--watches", str(watches),
                "--seconds", "300", "--mqtt", mqtt, "--model", str(model), "--commands", "--topic-prefix", prefix,
                *args]
         self.prefix = prefix
@@ -213,10 +213,10 @@ def test_fault_link_drop_at_the_notification_feed(watch_faults: dict) -> None:
 def test_fault_ble_link_drop(mosquitto, tiny_program: Path) -> None:  # noqa: ANN001
     """Over real D-Bus: `l2mu-agent run` (bleak) connected to two virtual watches of the virtual BlueZ; one watch's
     radio link fails (supervision timeout) while it stays in range, so the agent reconnects to it."""
-    from l2mu.agent.dbus_daemon import PrivateBus
+    from l2mu.agent.sim.bluez import VirtualBluetooth
+    from l2mu.agent.sim.dbus_daemon import PrivateBus
+    from l2mu.agent.sim.watches import MotionTape, make_watch
     from l2mu.agent.sources import demo_recording, topic_safe
-    from l2mu.agent.virtual_bluez import VirtualBluetooth
-    from l2mu.agent.virtual_watch import MotionTape, make_watch
 
     from .ble_support import AgentProcess
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2mu.agent.intake import NotificationSource, StreamGap
-from l2mu.agent.recording import SensorSample
-from l2mu.agent.sources import demo_recording
-from l2mu.agent.watchsim import (
+from l2mu.agent.events import Sample, StreamGap
+from l2mu.agent.intake import NotificationSource
+from l2mu.agent.sim.player import (
     DEFAULT_MIX,
     Histogram,
     Signal,
@@ -26,6 +25,7 @@ from l2mu.agent.watchsim import (
     make_driver,
     mix_for,
 )
+from l2mu.agent.sources import demo_recording
 from l2mu.firmware_bridge.l2mu_profile import L2MU_IMU_CHAR, L2muDriver, L2muEncoder
 
 from .conftest import cli_command
@@ -58,7 +58,7 @@ def test_each_protocols_notifications_decode_back_to_the_recording(spec: str, si
     items = drain(source)
     assert source.feed.errors_total == 0 and source.dropped == 0
     for sensor in sorted(kind.sensors):
-        got = [s for s in items if isinstance(s, SensorSample) and s.sensor == sensor]
+        got = [s for s in items if isinstance(s, Sample) and s.sensor == sensor]
         assert len(got) == len(watch.times), sensor
         expected = signal.read(42.0 + watch.times, sensor)
         assert np.abs(np.array([s.xyz for s in got]) - expected).max() < TOLERANCE[sensor]
@@ -107,7 +107,7 @@ def test_samples_that_waited_too_long_are_shed_not_processed() -> None:
     items = drain(source)
     assert source.dropped_stale == 16
     assert isinstance(items[0], StreamGap)
-    assert sum(isinstance(i, SensorSample) for i in items) == 48
+    assert sum(isinstance(i, Sample) for i in items) == 48
 
 
 def test_a_link_drop_is_one_log_line_and_a_gap_for_each_sensor(caplog: pytest.LogCaptureFixture) -> None:

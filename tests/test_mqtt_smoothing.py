@@ -55,8 +55,8 @@ def held_out_model(request: pytest.FixtureRequest) -> Path:
 
 def test_smoothing_keeps_stream_accuracy_and_changes_less_on_a_held_out_subject(held_out_model: Path,
                                                                                 wisdm_root: Path) -> None:
+    from l2mu.agent.bench.stream_accuracy import measure_wisdm_subject
     from l2mu.agent.runtime import ExecuTorchClassifier
-    from l2mu.agent.streameval import measure_wisdm_subject
     from l2mu.model.splits import TEST_SUBJECTS
 
     clf = ExecuTorchClassifier(held_out_model)

@@ -8,15 +8,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from l2mu.agent.events import Sample
 from l2mu.agent.notifications import NotificationFeed
 from l2mu.agent.pipeline import StreamAligner
-from l2mu.agent.recording import SensorSample, recording_from_wisdm
+from l2mu.agent.recording import recording_from_wisdm
 from l2mu.firmware_bridge.driver import driver_by_name, driver_names
 from l2mu.firmware_bridge.l2mu_profile import L2MU_IMU_CHAR, L2muDriver, L2muEncoder
 from l2mu.model.timegrid import align_streams
 
 
-def wisdm_as_l2mu_packets(root: Path) -> tuple[list[bytes], list[SensorSample]]:
+def wisdm_as_l2mu_packets(root: Path) -> tuple[list[bytes], list[Sample]]:
     """A real wearer's watch data, resampled to exactly 20 Hz and packed as the L2MU profile does."""
     raw = recording_from_wisdm(root, 1600, "FR", seconds=15)
     streams = []
@@ -30,11 +31,11 @@ def wisdm_as_l2mu_packets(root: Path) -> tuple[list[bytes], list[SensorSample]]:
 
 def run_feed(
     packets: list[bytes], garbage_every: int = 0, aligner: StreamAligner | None = None
-) -> tuple[NotificationFeed, list, list[SensorSample]]:
+) -> tuple[NotificationFeed, list, list[Sample]]:
     aligner = aligner or StreamAligner(["acc", "gyro"], 20.0)
     grid, delivered = [], []
 
-    def deliver(s: SensorSample) -> None:
+    def deliver(s: Sample) -> None:
         delivered.append(s)
         grid.extend(aligner.push(s.sensor, s.t, s.xyz)[0])
 
@@ -82,7 +83,7 @@ def test_lost_packets_restart_the_grid_instead_of_interpolating_over_them(wisdm_
 @given(name=st.sampled_from(sorted(driver_names())), frames=st.lists(st.binary(max_size=300), max_size=12))
 def test_any_bytes_into_any_driver_never_escape_and_never_reverse_time(name: str, frames: list[bytes]) -> None:
     driver = driver_by_name(name)()
-    delivered: list[SensorSample] = []
+    delivered: list[Sample] = []
     feed = NotificationFeed(driver, delivered.append, "fuzz")
     for i, frame in enumerate(frames):
         for uuid in driver.notify_uuids:

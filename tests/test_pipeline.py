@@ -10,7 +10,7 @@ import pytest
 from l2mu.agent.pipeline import StreamAligner, Windower
 from l2mu.agent.recording import (
     RecordingError,
-    SensorSample,
+    Sample,
     read_recording,
     recording_from_wisdm,
     write_recording,
@@ -66,7 +66,7 @@ def test_windower_emits_every_hop_once_full() -> None:
 
 
 def test_recording_round_trip_plain_and_gzip(tmp_path: Path) -> None:
-    samples = [SensorSample(0.05 * i, "acc" if i % 2 else "gyro", (i, -i, 0.5), "typing") for i in range(50)]
+    samples = [Sample(0.05 * i, "acc" if i % 2 else "gyro", (i, -i, 0.5), "typing") for i in range(50)]
     for name in ("r.csv", "r.csv.gz"):
         write_recording(tmp_path / name, samples)
         back = read_recording(tmp_path / name)

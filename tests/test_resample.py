@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from l2mu.agent.events import Sample
 from l2mu.agent.pipeline import StreamAligner, Windower, normalise
-from l2mu.agent.recording import SensorSample, recording_from_wisdm
+from l2mu.agent.recording import recording_from_wisdm
 from l2mu.agent.resample import MIN_INTERVALS, SensorStream
 from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
 from l2mu.model.metadata import ModelFileError
@@ -35,18 +36,18 @@ def classifier(request: pytest.FixtureRequest) -> ExecuTorchClassifier:
 
 
 @pytest.fixture(scope="module")
-def recordings(wisdm_root: Path) -> dict[int, list[SensorSample]]:
+def recordings(wisdm_root: Path) -> dict[int, list[Sample]]:
     # Wearers the bundled model never trained on, every hand activity, 20 s each.
     return {subject: recording_from_wisdm(wisdm_root, subject, HAND7, seconds=20) for subject in TEST_SUBJECTS}
 
 
-def reencode(samples: list[SensorSample], rate_hz: int, seed: int = 0) -> list[SensorSample]:
+def reencode(samples: list[Sample], rate_hz: int, seed: int = 0) -> list[Sample]:
     """What a watch sampling the same motion at rate_hz would have sent: each gap-free piece
     of each sensor band-limited-resampled (resample_poly filters before decimating), on the
     original clock (drift kept), with timestamp jitter of ±10 % of the new period."""
     rng = np.random.default_rng(seed)
     ratio = Fraction(rate_hz, NATIVE_HZ)
-    out: list[SensorSample] = []
+    out: list[Sample] = []
     for sensor in ("acc", "gyro"):
         mine = [s for s in samples if s.sensor == sensor]
         t = np.array([s.t for s in mine])
@@ -62,12 +63,12 @@ def reencode(samples: list[SensorSample], rate_hz: int, seed: int = 0) -> list[S
             times = np.interp(where[keep], np.arange(n), t[a:b])
             times += rng.uniform(-0.1, 0.1, len(times)) / rate_hz
             for w, tt, xyz in zip(where[keep], times, values[keep], strict=True):
-                out.append(SensorSample(float(tt), sensor, tuple(float(x) for x in xyz), labels[a + round(w)]))
+                out.append(Sample(float(tt), sensor, tuple(float(x) for x in xyz), labels[a + round(w)]))
     out.sort(key=lambda s: s.t)
     return out
 
 
-def decide(samples: list[SensorSample], clf: ExecuTorchClassifier, hop: int,
+def decide(samples: list[Sample], clf: ExecuTorchClassifier, hop: int,
            only_near: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(window end times, decided class, measured rates): the steps of Agent.handle_sample.
     only_near (sorted end times): classify just the windows ending within half a grid step of
@@ -104,7 +105,7 @@ MIN_AGREEMENT = {10: 0.85, 52: 0.95, 100: 0.95}
 
 
 @pytest.mark.parametrize("rate_hz", [10, 52, 100])
-def test_decisions_survive_native_rate(recordings: dict[int, list[SensorSample]], classifier: ExecuTorchClassifier,
+def test_decisions_survive_native_rate(recordings: dict[int, list[Sample]], classifier: ExecuTorchClassifier,
                                        rate_hz: int) -> None:
     hop = round(1.0 * classifier.meta.sample_rate_hz)  # the agent's one decision a second
     agree, total = 0, 0

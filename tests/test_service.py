@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from l2mu.agent.daemon import Agent
-from l2mu.agent.recording import SensorSample
+from l2mu.agent.events import Sample
 from l2mu.agent.sdnotify import Notifier, socket_address, watchdog_interval
 
 from .conftest import cli_command
@@ -139,15 +139,15 @@ class StallingSource:
     def __init__(self, live_s: float) -> None:
         self.live_s = live_s
 
-    async def stream(self) -> AsyncIterator[SensorSample]:
+    async def stream(self) -> AsyncIterator[Sample]:
         end = time.monotonic() + self.live_s
         t = 0.0
         while time.monotonic() < end:
-            yield SensorSample(t, "acc", (0.0, 0.0, 9.8), "")
+            yield Sample(t, "acc", (0.0, 0.0, 9.8), "")
             t += 0.05
             await asyncio.sleep(0.02)
         await asyncio.Event().wait()
-        yield SensorSample(t, "acc", (0.0, 0.0, 9.8), "")  # pragma: no cover - never reached
+        yield Sample(t, "acc", (0.0, 0.0, 9.8), "")  # pragma: no cover - never reached
 
 
 class PipelineFreeAgent(Agent):

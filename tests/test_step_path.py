@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from l2mu.agent.bench.stream_accuracy import MemorySource
 from l2mu.agent.daemon import Agent, NullSink
+from l2mu.agent.events import Sample
 from l2mu.agent.pipeline import GridSample, Windower, normalise
-from l2mu.agent.recording import SensorSample, recording_from_wisdm
+from l2mu.agent.recording import recording_from_wisdm
 from l2mu.agent.runtime import ExecuTorchClassifier
-from l2mu.agent.streameval import MemorySource
 from l2mu.agent.streaming import StepWindower
 from l2mu.model import wisdm
 
@@ -25,7 +26,7 @@ HOLE = (17.0, 18.0)  # seconds into the recording without samples
 
 
 @pytest.fixture(scope="module")
-def recording(wisdm_root: Path) -> list[SensorSample]:
+def recording(wisdm_root: Path) -> list[Sample]:
     """Subject 1601's raw samples, 12 s of each of three activities, with a 1 s hole in the middle."""
     samples = recording_from_wisdm(wisdm_root, 1601, "FGP", 12.0)
     t0 = samples[0].t
@@ -34,7 +35,7 @@ def recording(wisdm_root: Path) -> list[SensorSample]:
     return kept
 
 
-def decisions(samples: list[SensorSample], clf: ExecuTorchClassifier, inference: str,
+def decisions(samples: list[Sample], clf: ExecuTorchClassifier, inference: str,
               period_s: float) -> list[dict]:
     out: list[dict] = []
     agent = Agent([MemorySource(samples)], clf, NullSink(), period_s,  # type: ignore[list-item]
@@ -48,7 +49,7 @@ def decisions(samples: list[SensorSample], clf: ExecuTorchClassifier, inference:
 
 @pytest.mark.parametrize("period_s", [1.0, 0.25, 0.15])  # hop 20 > window 10; hop 5 divides it; hop 3 does not
 def test_step_path_decides_like_the_window_path_on_a_real_recording(
-        recording: list[SensorSample], classifier: ExecuTorchClassifier, period_s: float) -> None:
+        recording: list[Sample], classifier: ExecuTorchClassifier, period_s: float) -> None:
     window_path = decisions(recording, classifier, "window", period_s)
     step_path = decisions(recording, classifier, "step", period_s)
     assert len(window_path) > 20

@@ -1,7 +1,7 @@
 """Soak: the agent with several virtual watches for minutes, a fault every 30 s; RSS growth and decisions reported.
 
-Not part of the test suite (scripts/soak runs it). The agent is the load rig (`l2mu.agent.loadbench`, its own
-process) publishing through a delaying TCP proxy (`l2mu.agent.slowlink`) to a mosquitto that keeps sessions
+Not part of the test suite (scripts/soak runs it). The agent is the load rig (`l2mu.agent.bench.load`, its own
+process) publishing through a delaying TCP proxy (`l2mu.agent.sim.slowlink`) to a mosquitto that keeps sessions
 on disk; a subscriber with a persistent session counts what arrives. Faults rotate through:
 
 - `broker-restart`: mosquitto stopped for a few seconds and started again;
@@ -32,7 +32,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from l2mu.agent.broker import LocalBroker, free_port
-from l2mu.agent.slowlink import DelayProxy
+from l2mu.agent.sim.slowlink import DelayProxy
 
 FAULTS = ("broker-restart", "garbage", "link-drop", "slow-broker")
 PREFIX = "soak"
@@ -114,7 +114,7 @@ def soak(minutes: float, watches: int, fault_every_s: float, model: str | None, 
     broker.start()
     proxy = DelayProxy(broker.port).start()
     counter = DecisionCounter(broker.port)
-    cmd = [sys.executable, "-m", "l2mu.agent.loadbench", "--watches", str(watches), "--seconds", str(seconds + 60),
+    cmd = [sys.executable, "-m", "l2mu.agent.bench.load", "--watches", str(watches), "--seconds", str(seconds + 60),
            "--mqtt", proxy.url, "--commands", "--topic-prefix", PREFIX, "--agent-id", "soak", "--seed", str(seed)]
     if model:
         cmd += ["--model", model]

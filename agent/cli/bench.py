@@ -2,7 +2,7 @@
 
 `bench [--model NAME]` compares eager / ExecuTorch fp32 / ExecuTorch int8 / ONNX Runtime on one model;
 `bench load --watches N ...` measures the whole agent under N virtual watches.
-Implementations live in l2mu.export.bench and l2mu.agent.loadbench; this file only wires options.
+Implementations live in l2mu.export.bench and l2mu.agent.bench.load; this file only wires options.
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from typing import Annotated
 
 import typer
 
+from l2mu.agent.cli.app import SubjectsOpt, app, one_line_errors, parse_subjects
+from l2mu.agent.settings import DEFAULTS
+
 bench_app = typer.Typer(
     help="Benchmarks: model runtimes (default) or the agent under load (`bench load`). Prints one JSON object.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
+app.add_typer(bench_app, name="bench")
 
 
 def save(result: dict, out: Path | None) -> None:
@@ -90,11 +94,11 @@ def load(
 ) -> None:
     """The whole agent fed by N virtual watches (real WISDM data as each protocol's bytes) publishing to a local
     mosquitto: sample → PUBACK latency, CPU, RSS, dropped samples and decisions for each N."""
+    from l2mu.agent.bench.load import LoadBenchError, parse_counts, run_load_bench
+    from l2mu.agent.bench.load import plot as draw
     from l2mu.agent.broker import BrokerError
-    from l2mu.agent.loadbench import LoadBenchError, parse_counts, run_load_bench
-    from l2mu.agent.loadbench import plot as draw
     from l2mu.agent.runtime import resolve_model
-    from l2mu.agent.watchsim import DEFAULT_MIX, WatchSpecError, mix_for
+    from l2mu.agent.sim.player import DEFAULT_MIX, WatchSpecError, mix_for
     from l2mu.model.metadata import ModelFileError, read_metadata
 
     try:
@@ -116,3 +120,39 @@ def load(
     for r in result["results"]:
         typer.echo(f"{r['watches']:>7} {r['latency_ms_p50']:>7} {r['latency_ms_p99']:>7} {r['cpu_percent']:>6} "
                    f"{r['rss_mb']:>7} {r['samples_dropped']:>7} {r['decisions']:>9} {r['decisions_lost']:>4}")
+
+
+@app.command("stream-accuracy")
+@one_line_errors
+def stream_accuracy(
+    data: Annotated[Path, typer.Option(help="WISDM-2019 directory (contains raw/watch/).")],
+    model: Annotated[str | None, typer.Option(help="Bundled model name or path to a .pte.")] = None,
+    subjects: SubjectsOpt = None,
+    smoothing_window: Annotated[int, typer.Option(help="N for majority and hmm smoothing.", min=1)] \
+        = DEFAULTS.smoothing_window,
+    activities: Annotated[str, typer.Option(help="Activity codes in playing order.")] = "FGOPQRS",
+    seconds: Annotated[float, typer.Option(help="Seconds of each activity.", min=5)] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per subject.")] = False,
+) -> None:
+    """Replay held-out WISDM subjects through the agent: window vs stream accuracy for each smoothing."""
+    from l2mu.agent.bench.stream_accuracy import measure_wisdm_subject
+    from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
+    from l2mu.agent.smoothing import SMOOTHING_KINDS
+    from l2mu.model.splits import TEST_SUBJECTS
+    from l2mu.model.wisdm import watch_dir
+
+    watch_dir(data)
+    clf = ExecuTorchClassifier(resolve_model(model))
+    kinds = ["none", *[k for k in SMOOTHING_KINDS if k != "none"]]
+    for subject in parse_subjects(subjects) or list(TEST_SUBJECTS):
+        report = measure_wisdm_subject(data, subject, clf, kinds, smoothing_window, activities.replace(",", ""),
+                                       seconds)
+        if as_json:
+            typer.echo(json.dumps(report))
+            continue
+        typer.echo(f"subject {subject}, model {report['model']}, {report['activities']} × {seconds:g} s:")
+        for r in report["results"]:
+            typer.echo(f"  {r['smoothing']:<8} window acc {r['window_accuracy']:.3f} "
+                       f"(raw {r['window_accuracy_raw']:.3f})  stream acc {r['stream_accuracy']:.3f} "
+                       f"(raw {r['stream_accuracy_raw']:.3f})"
+                       f"  changes {r['changes']} (raw {r['changes_raw']})  {r['decisions']} decisions")

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from l2mu.agent.errors import UserError
+from l2mu.agent.events import Sample
 from l2mu.agent.intake import NotificationSource
-from l2mu.agent.recording import SensorSample, read_recording
+from l2mu.agent.recording import read_recording
 from l2mu.firmware_bridge.driver import DEG_TO_RAD, STANDARD_GRAVITY, GattWrite, WatchDriver
 from l2mu.firmware_bridge.infinitime import MOTION_VALUES_CHAR, InfiniTimeDriver, encode_motion_values
 from l2mu.firmware_bridge.l2mu_profile import L2MU_IMU_CHAR, L2muDriver, L2muEncoder
@@ -69,8 +71,8 @@ POLAR_CLOCK_ORIGIN_S = 800_000_000.0  # a Polar clock in 2025 (its epoch is 2000
 L2MU_CLOCK_ORIGIN_S = 3600.0  # an L2MU-profile watch's clock: an hour after it booted
 
 
-class WatchSpecError(ValueError):
-    pass
+class WatchSpecError(UserError):
+    """A virtual watch kind or mix that cannot be made."""
 
 
 class Histogram:
@@ -163,7 +165,7 @@ class Signal:
     period: float
 
     @classmethod
-    def from_samples(cls, samples: Sequence[SensorSample]) -> Signal:
+    def from_samples(cls, samples: Sequence[Sample]) -> Signal:
         def arrays(sensor: str) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
             mine = sorted((s for s in samples if s.sensor == sensor), key=lambda s: s.t)
             if len(mine) < 2:

@@ -1,24 +1,81 @@
-"""`run --config FILE`: a TOML file mirroring the `run` options, plus the L2MU_* environment overrides.
+"""The agent's settings: one dataclass holding every default once, and what fills it in.
 
-Precedence, highest first: an option given on the command line, an environment override, the config
-file, the built-in default. Everything here is checked before the model loads, so a typo in the file
-ends the agent with one line naming the key instead of a half-started service.
+`Settings` is what `build_agent` (l2mu.agent.compose) builds an agent from; the `run` command's
+options, the TOML file of `run --config FILE` and the L2MU_* environment variables all map onto
+its fields, which carry the names of the `run` options. Precedence, highest first: an option
+given on the command line, an environment override, the config file, the default here.
+Everything is checked before the model loads, so a typo in the file ends the agent with one
+line naming the key instead of a half-started service.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from l2mu.agent.mqtt import BrokerAddress, MqttError
-from l2mu.agent.smoothing import SMOOTHING_KINDS
-from l2mu.agent.sources import MAC_RE
+from l2mu.agent.errors import ConfigError, MqttError
+
+SMOOTHING_KINDS = ("majority", "hmm", "none")
+INFERENCE_KINDS = ("step", "window")
+BROKER_KINDS = ("auto", "mosquitto", "amqtt")
 
 
-class ConfigError(Exception):
-    """A config file that cannot be read, or a key in it that is unknown, of the wrong type or out of range."""
+@dataclass
+class Settings:
+    """One agent, completely described. Field names are the `run` options' (`--queue-size` → queue_size)."""
+
+    watch: list[str] = field(default_factory=list)  # `demo`, `replay:FILE` or Bluetooth addresses
+    protocol: list[str] | None = None  # per Bluetooth watch, or one for all; None: recognise each
+    scan_timeout: float = 10.0  # seconds to look for a watch BlueZ does not know yet
+    retry_budget: float = 120.0  # seconds to keep reconnecting after a link loss
+    mqtt: str | None = None  # broker URL; None: start a local broker
+    model: str | None = None  # bundled name or .pte; None: the bundled default
+    speed: float = 1.0  # replay speed (0: as fast as possible)
+    agent_id: str | None = None  # None: the host name
+    topic_prefix: str = "har"
+    decision_period: float = 1.0  # seconds between decisions
+    echo: bool | None = None  # print what subscribers receive; None: when the agent starts its own broker
+    broker: str = "auto"  # local broker kind: auto, mosquitto, amqtt
+    smoothing: str = "majority"
+    smoothing_window: int = 5
+    raw_scores: bool = False
+    ha_discovery: bool = False
+    ha_prefix: str = "homeassistant"
+    queue_dir: Path | None = None
+    queue_size: int = 100_000  # undelivered decisions kept: more than a day of one watch at one a second
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    mqtt_protocol: str | None = None  # "5" or "3.1.1"; None: 5, or 3.1.1 for the embedded amqtt broker
+    # Not options of `run`: the load bench and the tests set them.
+    inference: str = "step"  # "step": the model advances on every sample; "window": `forward` per window
+    intake_queue: int = 1024  # samples per watch waiting for the pipeline: ~10 s of a 52 Hz acc + gyro watch
+    intake_max_age_s: float = 1.0  # a sample older than this is useless to a decision published once a second
+    slow_broker_s: float = 5.0  # a connected broker that acknowledged nothing for this long is reported as slow
+    drain_s: float = 10.0  # how long a stopping agent waits for the broker to take what is still queued
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Settings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise TypeError(f"not settings: {', '.join(sorted(unknown))}")  # a bug in the caller, not the user's
+        values = dict(options)
+        if values.get("watch") is None:
+            values["watch"] = []
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULTS = Settings()
 
 
 Check = Callable[[str, Any], Any]  # (key, raw value) -> the `run` option's value; raises ConfigError
@@ -80,6 +137,8 @@ def _choice(*allowed: str) -> Check:
 
 
 def _url(key: str, value: Any) -> str:
+    from l2mu.agent.mqtt import BrokerAddress
+
     _string(key, value)
     try:
         BrokerAddress.parse(value)
@@ -89,6 +148,8 @@ def _url(key: str, value: Any) -> str:
 
 
 def _watch_spec(key: str, spec: str) -> None:
+    from l2mu.agent.sources import MAC_RE
+
     if spec == "demo" or (spec.startswith("replay:") and len(spec) > len("replay:")) or MAC_RE.match(spec):
         return
     raise ConfigError(f"{key}: {spec!r} is not 'demo', 'replay:FILE' or a Bluetooth address like "
@@ -188,6 +249,8 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if environ.get(var):
             out[option] = environ[var]
     if "mqtt" in out:
+        from l2mu.agent.mqtt import BrokerAddress
+
         try:
             BrokerAddress.parse(out["mqtt"])
         except MqttError as exc:

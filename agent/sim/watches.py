@@ -21,8 +21,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from l2mu.agent.recording import SensorSample, read_recording
-from l2mu.agent.virtual_bluez import BluezError, GattCharacteristic, GattService, Link, Peripheral
+from l2mu.agent.events import Sample
+from l2mu.agent.recording import read_recording
+from l2mu.agent.sim.bluez import BluezError, GattCharacteristic, GattService, Link, Peripheral
 from l2mu.firmware_bridge import bangle, infinitime, l2mu_profile, metawear, polar_pmd
 from l2mu.firmware_bridge.driver import DEG_TO_RAD, STANDARD_GRAVITY, DecodeError
 
@@ -38,7 +39,7 @@ NUS_TX = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
 class MotionTape:
     """A recording's accelerometer (and gyroscope) as continuous signals that loop forever."""
 
-    def __init__(self, samples: Sequence[SensorSample]) -> None:
+    def __init__(self, samples: Sequence[Sample]) -> None:
         streams = {}
         for sensor in ("acc", "gyro"):
             mine = sorted((s for s in samples if s.sensor == sensor), key=lambda s: s.t)

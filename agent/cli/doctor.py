@@ -10,7 +10,11 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
+
+from l2mu.agent.cli.app import app, one_line_errors
 
 DEFAULT_SYSTEM_BUS = "/run/dbus/system_bus_socket"
 
@@ -134,7 +138,7 @@ def check_model(model: str | None, watches: list[str] | None) -> CheckResult:
             source = parse_source(spec, 0)
         except Exception as exc:  # a watch that cannot be opened cannot provide sensors either
             return CheckResult("model", False, f"{clf.meta.name} loads, but {exc}")
-        if not getattr(source, "sensors_known", True):
+        if not source.sensors_known:
             continue  # a live watch says what it streams when it connects (and `run` adapts the model then)
         missing = [s for s in needed if s not in source.sensors]
         if missing:
@@ -161,9 +165,26 @@ def run_checks(options: Mapping[str, Any], environ: Mapping[str, str] = os.envir
 
 def doctor_options(config: Path | None, given: Mapping[str, Any], explicit: set[str],
                    environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    from l2mu.agent.config import environment_overrides, load_config, merge_options
+    from l2mu.agent.settings import environment_overrides, load_config, merge_options
 
     names = ["watch", "mqtt", "model", "username", "password_file", "ca_file", "cert_file", "key_file",
              "mqtt_protocol"]
     base = {name: given.get(name) for name in names}
     return merge_options(base, explicit, environment_overrides(environ), load_config(config) if config else {})
+
+
+@app.command()
+@one_line_errors
+def doctor(
+    config: Annotated[Path | None, typer.Option(help="The `run --config` file to check against.")] = None,
+    watch: Annotated[list[str] | None, typer.Option(help="Watches to check (default: the config's).")] = None,
+    mqtt: Annotated[str | None, typer.Option(help="Broker URL (default: the config's).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (default: the config's).")] = None,
+) -> None:
+    """Check D-Bus, BlueZ, the broker (with the configured credentials) and the model; exit 1 if any fails."""
+    given = {"watch": watch or None, "mqtt": mqtt, "model": model}
+    results = run_checks(doctor_options(config, given, {k for k, v in given.items() if v is not None}))
+    for r in results:
+        typer.echo(r.line())
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)

@@ -1,7 +1,7 @@
 """`l2mu-agent bench load`: the whole agent under N virtual watches, and the rig the fault tests and the soak drive.
 
 The rig is one agent process: the real `Agent` (pipeline, model, smoothing) with the bundled (or given)
-model, a real `MqttPublisher` and `Outbox`, and N virtual watches (`l2mu.agent.watchsim`) whose
+model, a real `MqttPublisher` and `Outbox`, and N virtual watches (`l2mu.agent.sim.player`) whose
 protocol bytes — encoded from real WISDM data at each family's native rate — reach the agent through
 the `NotificationSource` intake that BLE notifications use, in real time. The transport is in-process
 (no BlueZ, no D-Bus): the capacity figures count the agent's own work, not the radio stack's.
@@ -13,7 +13,7 @@ agent. `samples_dropped`: samples that arrived but were shed by the intake (queu
 than its age limit) instead of reaching the pipeline.
 
 `run_load_bench` runs the rig once per watch count, each in a fresh process (so RSS and CPU are that
-count's alone) against a mosquitto it starts on a free port. `python -m l2mu.agent.loadbench` is the
+count's alone) against a mosquitto it starts on a free port. `python -m l2mu.agent.bench.load` is the
 rig itself; with `--commands` it also takes faults on stdin (see `Rig.command`).
 """
 
@@ -34,7 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from l2mu.agent.intake import DEFAULT_MAX_AGE_S, DEFAULT_MAX_QUEUE, NotificationSource
+from l2mu.agent.errors import KNOWN_ERRORS, UserError
+from l2mu.agent.intake import NotificationSource
+from l2mu.agent.settings import DEFAULTS, INFERENCE_KINDS, Settings
+from l2mu.agent.sim.player import WatchSpecError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,8 @@ LATENCY_DEFINITION = ("broker PUBACK time (paho on_publish, QoS 1) minus the arr
 DROPPED_DEFINITION = "samples that arrived but never reached the pipeline (intake overflow, or shed as too old)"
 
 
-class LoadBenchError(RuntimeError):
-    pass
+class LoadBenchError(UserError):
+    """Bench options that cannot work, or an agent under load that failed."""
 
 
 @dataclass
@@ -58,13 +61,20 @@ class RigConfig:
     recording: Path | None = None
     seed: int = 0
     queue_dir: Path | None = None
-    max_queue: int = DEFAULT_MAX_QUEUE
-    max_age_s: float = DEFAULT_MAX_AGE_S
+    max_queue: int = DEFAULTS.intake_queue
+    max_age_s: float = DEFAULTS.intake_max_age_s
     agent_id: str = "loadbench"
-    topic_prefix: str = "har"
-    slow_after_s: float = 5.0
+    topic_prefix: str = DEFAULTS.topic_prefix
+    slow_after_s: float = DEFAULTS.slow_broker_s
     commands: bool = False
-    inference: str | None = None  # the Agent's `inference` ("step" or "window"); None: its default
+    inference: str = DEFAULTS.inference
+
+    def settings(self) -> Settings:
+        """The agent's settings: `run`'s defaults but for what the rig sets (its broker, no echo)."""
+        return DEFAULTS.replace(mqtt=self.mqtt, model=self.model, agent_id=self.agent_id,
+                                topic_prefix=self.topic_prefix, queue_dir=self.queue_dir, echo=False,
+                                intake_queue=self.max_queue, intake_max_age_s=self.max_age_s,
+                                slow_broker_s=self.slow_after_s, inference=self.inference, drain_s=30.0)
 
 
 def rss_mb() -> float:
@@ -94,7 +104,7 @@ class Tally:
     arrivals: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)  # → (arrived, decided)
 
     def __post_init__(self) -> None:
-        from l2mu.agent.watchsim import Histogram
+        from l2mu.agent.sim.player import Histogram
 
         self.latency = Histogram()
         self.to_decision = Histogram()  # arrival → decision handed to the publisher: the pipeline and the model
@@ -104,12 +114,10 @@ class Rig:
     """One agent fed by virtual watches; see the module docstring."""
 
     def __init__(self, cfg: RigConfig) -> None:
-        from l2mu.agent.daemon import Agent
-        from l2mu.agent.mqtt import MqttPublisher
-        from l2mu.agent.outbox import Outbox
+        from l2mu.agent.compose import build_agent
         from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model, single_threaded_kernels
+        from l2mu.agent.sim.player import DEFAULT_MIX, Signal, build_watches, make_driver, mix_for
         from l2mu.agent.sources import demo_recording
-        from l2mu.agent.watchsim import DEFAULT_MIX, Signal, build_watches, make_driver, mix_for
 
         if cfg.watches < 1:
             raise LoadBenchError(f"--watches must be ≥ 1, got {cfg.watches}")
@@ -126,11 +134,11 @@ class Rig:
                         for w in self.watches]
         self.by_id = {s.watch_id: s for s in self.sources}
         self.tally = Tally()
-        self.publisher = MqttPublisher(cfg.mqtt, cfg.agent_id, prefix=cfg.topic_prefix,
-                                       outbox=Outbox(cfg.queue_dir), on_delivered=self._delivered,
-                                       slow_after_s=cfg.slow_after_s)
-        options = {"inference": cfg.inference} if cfg.inference else {}
-        self.agent = Agent(self.sources, self.classifier, self.publisher, on_decision=self._decided, **options)
+        # The agent `run` builds, from the same settings, fed by the virtual watches' intakes.
+        self.app = build_agent(cfg.settings(), sources=self.sources, classifier=self.classifier,
+                               on_decision=self._decided, on_delivered=self._delivered)
+        self.publisher = self.app.sink
+        self.agent = self.app.agent
         self.player = None
         self._player_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,7 +184,7 @@ class Rig:
                     self._player_task.cancel()
             else:
                 return {"event": "error", "error": f"unknown command {line.strip()!r}"}
-        except ValueError as exc:
+        except (ValueError, WatchSpecError) as exc:
             return {"event": "error", "error": str(exc)}
         return {"event": "ok", "command": line.strip()}
 
@@ -197,7 +205,7 @@ class Rig:
     # --- the run --------------------------------------------------------------------------------------
 
     async def _run(self) -> dict:
-        from l2mu.agent.watchsim import Player
+        from l2mu.agent.sim.player import Player
 
         self._loop = asyncio.get_running_loop()
         self.player = Player(self.watches, self.sources)
@@ -229,12 +237,10 @@ class Rig:
                 "loadavg": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
 
     def run(self) -> dict:
-        self.publisher.connect()
-        try:
+        with self.app:
+            self.app.connect()
             m = asyncio.run(self._run())
-        finally:
-            # Everything made is delivered (or, with a queue directory and no broker, kept there) before the count.
-            self.publisher.close(drain_timeout=30)
+        # Closing delivered everything made (or, with a queue directory and no broker, kept it there): now count.
         return self.report(m)
 
     def report(self, m: dict) -> dict:
@@ -256,7 +262,7 @@ class Rig:
             "watches": len(self.sources),
             "kinds": dict(Counter(str(w.kind) for w in self.watches)),
             "model": self.classifier.meta.name,
-            "inference": getattr(self.agent, "inference", "window"),
+            "inference": self.agent.inference,
             "seconds": round(wall, 2),
             "latency_ms_p50": t.latency.percentile_ms(50),
             "latency_ms_p90": t.latency.percentile_ms(90),
@@ -309,7 +315,7 @@ def parse_counts(values: Sequence[str]) -> list[int]:
 
 
 def rig_command(n: int, seconds: float, mqtt: str, model: str | None, mix: Sequence[str], seed: int) -> list[str]:
-    cmd = [sys.executable, "-m", "l2mu.agent.loadbench", "--watches", str(n), "--seconds", str(seconds),
+    cmd = [sys.executable, "-m", "l2mu.agent.bench.load", "--watches", str(n), "--seconds", str(seconds),
            "--mqtt", mqtt, "--seed", str(seed)]
     if model:
         cmd += ["--model", model]
@@ -408,7 +414,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m l2mu.agent.loadbench",
+    p = argparse.ArgumentParser(prog="python -m l2mu.agent.bench.load",
                                 description="The agent fed by virtual watches; prints one JSON report at the end.")
     p.add_argument("--watches", type=int, required=True)
     p.add_argument("--seconds", type=float, required=True)
@@ -418,26 +424,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--recording", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--queue-dir", type=Path)
-    p.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE_S)
+    p.add_argument("--max-age", type=float, default=DEFAULTS.intake_max_age_s)
     p.add_argument("--agent-id", default="loadbench")
-    p.add_argument("--topic-prefix", default="har")
-    p.add_argument("--slow-after", type=float, default=5.0)
+    p.add_argument("--topic-prefix", default=DEFAULTS.topic_prefix)
+    p.add_argument("--slow-after", type=float, default=DEFAULTS.slow_broker_s)
     p.add_argument("--commands", action="store_true", help="read faults from stdin (see Rig.command)")
-    p.add_argument("--inference", choices=("step", "window"), help="the agent's inference path (default: its own)")
+    p.add_argument("--inference", choices=INFERENCE_KINDS, default=DEFAULTS.inference, help="the inference path")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from l2mu.agent.mqtt import MqttError
-    from l2mu.agent.outbox import OutboxError
-    from l2mu.agent.watchsim import WatchSpecError
-    from l2mu.model.metadata import ModelFileError
-
     try:
         rig = Rig(RigConfig(a.watches, a.seconds, a.mqtt, a.model, [m for m in a.mix.split(",") if m], a.recording,
                             a.seed, a.queue_dir, max_age_s=a.max_age, agent_id=a.agent_id,
                             topic_prefix=a.topic_prefix, slow_after_s=a.slow_after, commands=a.commands,
                             inference=a.inference))
         report = rig.run()
-    except (LoadBenchError, MqttError, OutboxError, WatchSpecError, ModelFileError) as exc:
+    except KNOWN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report), flush=True)

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from l2mu.agent.errors import UserError
+
 CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -30,8 +32,8 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configurat
 """
 
 
-class DBusDaemonError(RuntimeError):
-    pass
+class DBusDaemonError(UserError):
+    """dbus-daemon is missing or would not start."""
 
 
 def dbus_daemon_binary() -> str | None:

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from l2mu.agent.daemon import Agent, NullSink
-from l2mu.agent.recording import SensorSample, sensors_in
+from l2mu.agent.compose import build_agent
+from l2mu.agent.daemon import Agent
+from l2mu.agent.events import Sample
+from l2mu.agent.recording import sensors_in
 from l2mu.agent.runtime import ExecuTorchClassifier
+from l2mu.agent.settings import DEFAULTS
 
 GRID_S = 0.05
 
@@ -29,10 +32,12 @@ GRID_S = 0.05
 class MemorySource:
     """A recording already in memory, played unpaced (what `Agent` needs of a source)."""
 
-    samples: list[SensorSample]
+    samples: list[Sample]
     watch_id: str = "eval"
     speed: float = 0.0
     sensors: set[str] = field(init=False)
+    sensors_known = True
+    connecting = False
 
     def __post_init__(self) -> None:
         self.samples = sorted(self.samples, key=lambda s: s.t)
@@ -70,18 +75,29 @@ def _changes(seq: list[str]) -> int:
     return sum(a != b for a, b in zip(seq, seq[1:], strict=False))
 
 
-def measure_stream(samples: list[SensorSample], classifier: ExecuTorchClassifier, smoothing: str,
-                   smoothing_window: int, decision_period_s: float = 1.0) -> StreamReport:
+def measure_stream(samples: list[Sample], classifier: ExecuTorchClassifier, smoothing: str,
+                   smoothing_window: int, decision_period_s: float = DEFAULTS.decision_period) -> StreamReport:
     source = MemorySource(samples)
     records: list[tuple[dict, str]] = []
-    agent = Agent([source], classifier, NullSink(), decision_period_s,  # type: ignore[list-item]
-                  on_decision=lambda p, truth: records.append((p, truth)),
-                  smoothing=smoothing, smoothing_window=smoothing_window)
+    settings = DEFAULTS.replace(smoothing=smoothing, smoothing_window=smoothing_window,
+                                decision_period=decision_period_s)
+    # The agent `run` builds, publishing nowhere: the payloads are read as they are made.
+    with build_agent(settings, sources=[source], classifier=classifier, publish=False,
+                     on_decision=lambda p, truth: records.append((p, truth))) as app:
+        _feed(app.agent, source)
+    return _report(records, source, smoothing, smoothing_window)
+
+
+def _feed(agent: Agent, source: MemorySource) -> None:
     session = agent.sessions[0]
     # Anchor the clock mapping at 0: payload times are then the recording's own, whatever the wall clock.
     session.wall0, session.t0 = 0.0, 0.0
     for s in source.samples:
         agent.handle_sample(session, s)
+
+
+def _report(records: list[tuple[dict, str]], source: MemorySource, smoothing: str,
+            smoothing_window: int) -> StreamReport:
     decision_t = np.array([p["window_end"] for p, _ in records])
     labelled = [s for s in source.samples if s.label]
     label_t = np.array([s.t for s in labelled])
