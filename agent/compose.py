@@ -141,7 +141,8 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
         from l2mu.agent.ble import BleOptions
         from l2mu.agent.sources import parse_sources
 
-        ble = BleOptions(scan_timeout_s=s.scan_timeout, retry_budget_s=s.retry_budget)
+        ble = BleOptions(scan_timeout_s=s.scan_timeout, retry_budget_s=s.retry_budget, intake_queue=s.intake_queue,
+                         intake_max_age_s=s.intake_max_age_s)
         sources = parse_sources(s.watch, s.speed, s.protocol, ble)
     sources = list(sources)
     if len({src.watch_id for src in sources}) != len(sources):

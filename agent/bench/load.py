@@ -1,10 +1,12 @@
 """`l2mu-agent bench load`: the whole agent under N virtual watches, and the rig the fault tests and the soak drive.
 
-The rig is one agent process: the real `Agent` (pipeline, model, smoothing) with the bundled (or given)
-model, a real `MqttPublisher` and `Outbox`, and N virtual watches (`l2mu.agent.sim.player`) whose
-protocol bytes — encoded from real WISDM data at each family's native rate — reach the agent through
-the `NotificationSource` intake that BLE notifications use, in real time. The transport is in-process
-(no BlueZ, no D-Bus): the capacity figures count the agent's own work, not the radio stack's.
+The rig is one agent process: the agent `run` builds (l2mu.agent.compose.build_agent: pipeline, model,
+smoothing, MQTT publisher and outbox) with the bundled (or given) model, and N simulated watches
+(l2mu.agent.sim.player): the firmware models the virtual BlueZ serves, streaming real WISDM data in
+each protocol's wire format at its native rate, set up by the same handshake and feeding the same
+bounded intake (l2mu.agent.intake) a live Bluetooth watch does, in real time. The transport is
+in process (no BlueZ, no D-Bus), so the figures count the agent's work — and the simulated firmware's
+encoding, which runs in the same process — but not the radio stack's.
 
 Latency of a decision: the broker's PUBACK (paho's on_publish, QoS 1) minus the arrival time of the
 newest sample the decision used — the one whose arrival completed its window. A sample's arrival is
@@ -41,7 +43,8 @@ from l2mu.agent.sim.player import WatchSpecError
 
 log = logging.getLogger(__name__)
 
-TRANSPORT = "in-process notifications (virtual watches → driver → intake queue; no BlueZ/D-Bus)"
+TRANSPORT = ("in-process notifications (virtual watch firmware → the intake's set-up and bounded queue, as a live "
+             "watch over bleak; no BlueZ/D-Bus; the firmware's encoding runs in the agent's process)")
 LATENCY_DEFINITION = ("broker PUBACK time (paho on_publish, QoS 1) minus the arrival time of the newest sample the "
                       "decision used (the one that completed its window); arrival = when its notification fell due")
 DROPPED_DEFINITION = "samples that arrived but never reached the pipeline (intake overflow, or shed as too old)"
@@ -116,7 +119,8 @@ class Rig:
     def __init__(self, cfg: RigConfig) -> None:
         from l2mu.agent.compose import build_agent
         from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model, single_threaded_kernels
-        from l2mu.agent.sim.player import DEFAULT_MIX, Signal, build_watches, make_driver, mix_for
+        from l2mu.agent.sim.player import DEFAULT_MIX, build_watches, mix_for
+        from l2mu.agent.sim.watches import MotionTape
         from l2mu.agent.sources import demo_recording
 
         if cfg.watches < 1:
@@ -127,11 +131,11 @@ class Rig:
         single_threaded_kernels()  # as `run` does, before the model loads
         self.classifier = ExecuTorchClassifier(resolve_model(cfg.model))
         self.kinds = mix_for(self.classifier.meta.sensors, cfg.mix or DEFAULT_MIX)
-        signal = Signal.from_file(cfg.recording or demo_recording())
+        tape = MotionTape.from_file(cfg.recording or demo_recording())
         # One extra second: every watch starts within the first second of the run.
-        self.watches = build_watches(cfg.watches, self.kinds, signal, cfg.seconds + 1.0, cfg.seed)
-        self.sources = [NotificationSource(w.watch_id, make_driver(w.kind), cfg.max_queue, cfg.max_age_s)
-                        for w in self.watches]
+        self.watches = build_watches(cfg.watches, self.kinds, tape, cfg.seed, max_queue=cfg.max_queue,
+                                     max_age_s=cfg.max_age_s)
+        self.sources: list[NotificationSource] = [w.source for w in self.watches]
         self.by_id = {s.watch_id: s for s in self.sources}
         self.tally = Tally()
         # The agent `run` builds, from the same settings, fed by the virtual watches' intakes.
@@ -208,7 +212,7 @@ class Rig:
         from l2mu.agent.sim.player import Player
 
         self._loop = asyncio.get_running_loop()
-        self.player = Player(self.watches, self.sources)
+        self.player = Player(self.watches, self.cfg.seconds)
         rss = {"start": rss_mb(), "peak": 0.0}
 
         async def monitor() -> None:

@@ -100,12 +100,17 @@ class WatchClock:
         """Real seconds until the clock reads t."""
         return (t - self.now()) / self.speed
 
+    def monotonic_at(self, t: float) -> float:
+        """time.monotonic() when the clock reads t."""
+        return self._mono0 + t / self.speed
+
 
 class VirtualWatch(Peripheral):
     """Common to every virtual watch: the tape, the clock, the link and its streaming tasks."""
 
     protocol: ClassVar[str]
     default_name: ClassVar[str]
+    data_char: ClassVar[str]  # where its samples go out (and where a damaged link's garbage lands)
 
     def __init__(self, tape: MotionTape, address: str | None = None, name: str | None = None,
                  speed: float = 1.0) -> None:
@@ -113,9 +118,13 @@ class VirtualWatch(Peripheral):
         self.clock = WatchClock(speed)
         self.address = (address or DEFAULT_ADDRESSES[self.protocol]).upper()
         self.name = name or self.default_name
+        self.offset_s = 0.0  # where on the tape the watch's clock starts: watches of one rig move differently
         self._link: Link | None = None
         self._streams: dict[str, asyncio.Task] = {}
         self.notifications_sent = 0
+        # Watch-clock time at which the block being sent fell due: an in-process link stamps its arrival with it,
+        # so a late event loop counts against the agent's latency instead of giving it a kinder clock.
+        self.due_t: float | None = None
 
     def on_connect(self, link: Link) -> None:
         self._link = link
@@ -160,8 +169,10 @@ class VirtualWatch(Peripheral):
             delay = self.clock.wait_for(float(times[-1]))
             if delay > 0:
                 await asyncio.sleep(delay)
-            acc, gyro = self.tape.at(times)
+            acc, gyro = self.tape.at(times + self.offset_s)
+            self.due_t = float(times[-1])
             yield times, acc, gyro
+            self.due_t = None
             i += per_packet
 
 
@@ -179,6 +190,7 @@ class PolarWatch(VirtualWatch):
 
     protocol = "polar"
     default_name = "Polar Sense 1A2B3C4D"
+    data_char = polar_pmd.PMD_DATA
     RATE_HZ = 52
     FRAME_SAMPLES = 13
     ACC_RANGES_G = (2, 4, 8, 16)
@@ -289,6 +301,7 @@ class InfiniTimeWatch(VirtualWatch):
 
     protocol = "infinitime"
     default_name = "InfiniTime"
+    data_char = infinitime.MOTION_VALUES_CHAR
 
     def services(self) -> list[GattService]:
         return [GattService(infinitime.MOTION_SERVICE, [
@@ -297,7 +310,7 @@ class InfiniTimeWatch(VirtualWatch):
         ])]
 
     def _value_now(self) -> bytes:
-        acc, _ = self.tape.at(np.array([self.clock.now()]))
+        acc, _ = self.tape.at(np.array([self.clock.now() + self.offset_s]))
         return infinitime.encode_motion_values(acc[0])
 
     def on_read(self, char_uuid: str) -> bytes | None:
@@ -333,6 +346,7 @@ class MetaWearWatch(VirtualWatch):
 
     protocol = "metawear"
     default_name = "MetaWear"
+    data_char = metawear.METAWEAR_NOTIFY_CHAR
     PACKED_PER_NOTIFICATION = 3
 
     def __init__(self, tape: MotionTape, address: str | None = None, name: str | None = None,
@@ -433,7 +447,8 @@ class L2muWatch(VirtualWatch):
 
     protocol = "l2mu"
     default_name = "L2MU IMU"
-    RATES_HZ: ClassVar[tuple[float, ...]] = (12.5, 25.0, 50.0, 100.0)
+    data_char = l2mu_profile.L2MU_IMU_CHAR
+    RATES_HZ: ClassVar[tuple[float, ...]] = (12.5, 20.0, 25.0, 50.0, 100.0)
     DEFAULT_RATE_HZ: ClassVar[float] = 25.0
     ACC_RANGE_G: ClassVar[int] = 8
     GYRO_RANGE_DPS: ClassVar[int] = 2000

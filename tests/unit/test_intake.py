@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l2mu.agent.events import Sample
-from l2mu.agent.notifications import NotificationFeed
+from l2mu.agent.intake import NotificationFeed
 from l2mu.agent.pipeline import StreamAligner
 from l2mu.agent.recording import recording_from_wisdm
 from l2mu.firmware_bridge.driver import driver_by_name, driver_names
