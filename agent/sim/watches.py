@@ -1,12 +1,16 @@
 """Virtual watches: recorded motion, encoded in each supported protocol's wire format, streamed live.
 
 Each class is the firmware side of one watch family as a `Peripheral` of the virtual BlueZ
-adapter (`virtual_bluez`): the GATT services the real watch exposes, the commands it answers
+adapter (`l2mu.agent.sim.bluez`): the GATT services the real watch exposes, the commands it answers
 (Polar PMD control point, MetaWear registers, L2MU START/STOP) and its data notifications, made
 with the encoders of `l2mu.firmware_bridge`. The motion is a real recording (a WISDM wearer, or
 any `replay:` file) read off a `MotionTape` at the protocol's native rate, in real time on the
 watch's own clock (`speed` > 1 runs that clock faster, for tests). A disconnected watch keeps
 its clock running, so samples during an outage are lost as they are with a real watch.
+
+These are the only firmware models: the virtual BlueZ serves them over D-Bus (bleak, `virtual-watch`,
+the Bluetooth tests), and `l2mu.agent.sim.link` connects them in process (the load bench, the fault
+tests and soak), both times set up by the agent's own intake.
 """
 
 from __future__ import annotations

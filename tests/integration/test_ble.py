@@ -1,6 +1,6 @@
 """Live Bluetooth end to end: unmodified bleak (BlueZ backend) → real D-Bus → the virtual BlueZ watch.
 
-A private dbus-daemon carries a BlueZ-compatible service (agent/virtual_bluez.py) whose virtual watches stream a
+A private dbus-daemon carries a BlueZ-compatible service (agent/sim/bluez.py) whose virtual watches stream a
 real WISDM wearer (the bundled demo recording) in each protocol's wire format, 4× faster than real time. The agent
 runs as the real `l2mu-agent run` process, finds the watches by scanning, connects through bleak-retry-connector
 and publishes decisions to a real mosquitto."""

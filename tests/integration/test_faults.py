@@ -6,10 +6,10 @@ MqttPublisher and Outbox fed by virtual watches whose protocol bytes (real WISDM
 intake BLE notifications use; faults inside the agent (garbage frames, a dropped link) are asked for on its stdin,
 faults around it (broker, network, disk) are made for real: mosquitto killed with SIGKILL, a TCP proxy that
 delays every byte, a queue directory on an 8 KiB filesystem. Start-up faults (model file, config) run
-`l2mu-agent run` itself. Related coverage elsewhere: tests/test_ble.py drops a watch's link over real D-Bus
+`l2mu-agent run` itself. Related coverage elsewhere: tests/integration/test_ble.py drops a watch's link over real D-Bus
 (test_link_loss_reconnects_and_both_sides_of_the_outage_are_classified; `test_fault_ble_link_drop` below does it
-with two watches and checks every decision), tests/test_mqtt_outage.py restarts the broker under `run`, and
-tests/test_config.py checks every config key's type."""
+with two watches and checks every decision), tests/integration/test_mqtt_outage.py restarts the broker under `run`, and
+tests/unit/test_settings.py checks every config key's type."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared by the tests split out of test_resample.py (no tests here)."""
+"""Helpers for the resampling tests (no tests here): the grid rate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared by the tests split out of test_service.py (no tests here)."""
+"""Helpers for the systemd notify tests (no tests here): read what the agent sent to the notify socket."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared by the tests split out of test_config.py (no tests here)."""
+"""Helpers for the settings tests (no tests here): write a config file, run the CLI with an environment."""
 
 from __future__ import annotations
 

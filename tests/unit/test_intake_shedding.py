@@ -10,7 +10,7 @@ import pytest
 from l2mu.agent.events import Sample, StreamGap
 from l2mu.agent.intake import NotificationSource
 from l2mu.firmware_bridge.l2mu_profile import L2MU_IMU_CHAR, L2muDriver, L2muEncoder
-from tests.support.loadbench import drain
+from tests.support.intake import drain
 
 
 def l2mu_packets(n: int, per: int = 4) -> list[bytes]:

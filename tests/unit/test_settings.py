@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from l2mu.agent.settings import ConfigError, environment_overrides, load_config, merge_options
+from l2mu.agent.settings import MQTT_TABLE, TOP_LEVEL, ConfigError, environment_overrides, load_config, merge_options
 from tests.support.settings import write
 
 
@@ -65,3 +65,21 @@ def test_precedence_command_line_then_environment_then_file_then_default() -> No
     # A password in the environment outranks the file's password_file.
     assert merge_options(defaults, set(), environment_overrides({"L2MU_MQTT_PASSWORD": "s"}),
                          file)["password_file"] is None
+
+
+def test_every_run_option_is_a_setting_with_its_default_there() -> None:
+    """`run`'s defaults are the settings' defaults: typer, the config file and the agent read one place."""
+    import dataclasses
+    import inspect
+
+    from l2mu.agent.cli.run import run
+    from l2mu.agent.settings import DEFAULTS, Settings
+
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    for name, param in inspect.signature(run).parameters.items():
+        if name in ("ctx", "config"):
+            continue
+        assert name in fields, name
+        if param.default is not None and name != "watch":
+            assert param.default == getattr(DEFAULTS, name), name
+    assert {option for option, _ in TOP_LEVEL.values()} | {option for option, _ in MQTT_TABLE.values()} <= fields

@@ -11,7 +11,7 @@ from l2mu.agent.events import Sample
 from l2mu.agent.sim.player import DEFAULT_MIX, Histogram, Player, WatchKind, WatchSpecError, build_watches, mix_for
 from l2mu.agent.sim.watches import MotionTape
 from l2mu.agent.sources import demo_recording
-from tests.support.loadbench import drain
+from tests.support.intake import drain
 
 # int16 at each family's range: ±8 g (Polar in mg) and ±2000 °/s (Polar's 0.061 °/s per count) at worst.
 TOLERANCE = {"acc": 0.006, "gyro": 0.0006}

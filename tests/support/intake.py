@@ -1,4 +1,4 @@
-"""Shared by the tests split out of test_loadbench.py (no tests here)."""
+"""Helpers for the intake and simulated-watch tests (no tests here): drain an intake of what it queued."""
 
 from __future__ import annotations
 
