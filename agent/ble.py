@@ -309,6 +309,7 @@ class BleSource:
                                                  self.options.intake_max_age_s)
             else:
                 self.intake.attach(driver)
+            self.intake.begin_connection()
             try:
                 await set_up(_BleakLink(client), self.intake, name, self.options.response_timeout_s, self.address)
             except SetupError as exc:
@@ -323,6 +324,7 @@ class BleSource:
     def _link_gone(self, generation: int) -> None:
         # A late callback of an earlier connection must not end the current one's stream.
         if generation == self._generation and self.intake is not None:
+            self._generation += 1  # bleak calls back again when we hang up ourselves: that is the same loss
             self.intake.connection_ended()
 
     def _driver_for(self, client: Any, name: str) -> WatchDriver:

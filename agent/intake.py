@@ -160,6 +160,11 @@ class NotificationSource:
     def answered(self) -> None:
         self._awaiting = None
 
+    def begin_connection(self) -> None:
+        """A new connection starts: an end-of-link mark left by an attempt that failed during its set-up is void."""
+        if any(item is _LINK_DOWN for _, item in self._queue):
+            self._queue = deque(entry for entry in self._queue if entry[1] is not _LINK_DOWN)
+
     def connection_ended(self) -> None:
         """The link is gone (BLE): `connection()` returns once what arrived before is handed over."""
         self._queue.append((time.monotonic(), _LINK_DOWN))
