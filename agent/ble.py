@@ -26,13 +26,11 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from l2mu.agent.intake import StreamGap
-from l2mu.agent.notifications import NotificationFeed
-from l2mu.agent.recording import SensorSample
-from l2mu.agent.sources import MAC_RE, SourceError, SourceItem, WatchConnected, topic_safe
+from l2mu.agent.events import SourceEvent, StreamGap, WatchConnected
+from l2mu.agent.intake import NotificationFeed, NotificationSource, Notify, SetupError, set_up
+from l2mu.agent.settings import DEFAULTS
+from l2mu.agent.sources import MAC_RE, SourceError, topic_safe
 from l2mu.firmware_bridge.driver import (
-    DecodeError,
-    GattWrite,
     UnknownDriverError,
     WatchDriver,
     driver_by_name,
@@ -43,8 +41,6 @@ from l2mu.firmware_bridge.driver import (
 
 log = logging.getLogger(__name__)
 
-# Answers to a start command meaning the stream is already on (Polar PMD), which is what was wanted.
-ALREADY_STREAMING = frozenset({"ERROR_ALREADY_IN_STATE"})
 # Advertised names of watch families that do not advertise their IMU service.
 NAME_HINTS = {"polar": ("Polar ",), "infinitime": ("InfiniTime", "Pinetime"), "metawear": ("MetaWear", "MetaMotion"),
               "bangle": ("Bangle.js",)}
@@ -77,11 +73,13 @@ class _Transient(BleError):
 
 @dataclass
 class BleOptions:
-    scan_timeout_s: float = 10.0  # how long to look for a watch BlueZ does not know yet
-    retry_budget_s: float = 120.0  # how long after a link loss (or a failed first connection) to keep trying
+    scan_timeout_s: float = DEFAULTS.scan_timeout  # how long to look for a watch BlueZ does not know yet
+    retry_budget_s: float = DEFAULTS.retry_budget  # how long after a link loss (or a failed first connection)
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
     response_timeout_s: float = 5.0  # for a watch's answer to one command
+    intake_queue: int = DEFAULTS.intake_queue
+    intake_max_age_s: float = DEFAULTS.intake_max_age_s
     adapter: str | None = None  # hci0, …; None: BlueZ's default
 
     def __post_init__(self) -> None:
@@ -141,8 +139,26 @@ def _bluetooth_unavailable(exc: BaseException) -> _Permanent | None:
 class _Connection:
     client: Any  # BleakClient
     driver: WatchDriver
-    queue: asyncio.Queue
     name: str
+
+
+class _BleakLink:
+    """bleak's client as the intake's GattLink (l2mu.agent.intake.set_up)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def has_characteristic(self, char_uuid: str) -> bool:
+        return self.client.services.get_characteristic(char_uuid) is not None
+
+    async def start_notify(self, char_uuid: str, callback: Notify) -> None:
+        def on_notification(char: Any, data: bytearray) -> None:
+            callback(normalize_uuid(char.uuid), data, None, None)  # stamped on arrival, now
+
+        await self.client.start_notify(self.client.services.get_characteristic(char_uuid), on_notification)
+
+    async def write(self, char_uuid: str, data: bytes, response: bool) -> None:
+        await self.client.write_gatt_char(char_uuid, data, response=response)
 
 
 class BleSource:
@@ -161,14 +177,19 @@ class BleSource:
         self.sensors: set[str] = set()
         self.sensors_known = False
         self.driver: WatchDriver | None = None
-        self.feed: NotificationFeed | None = None
+        # The same bounded intake as every other watch's; made at the first connection, once the driver is known.
+        self.intake: NotificationSource | None = None
         self.connections = 0
         self.connecting = False  # looking for the watch or (re)connecting, on its own budget
-        self._awaiting: asyncio.Future | None = None
+        self._generation = 0  # which connection a disconnect callback belongs to
+
+    @property
+    def feed(self) -> NotificationFeed | None:
+        return self.intake.feed if self.intake is not None else None
 
     # --- the stream --------------------------------------------------------------------------
 
-    async def stream(self) -> AsyncIterator[SourceItem]:
+    async def stream(self) -> AsyncIterator[SourceEvent]:
         await self._close_stale()
         conn: _Connection | None = None
         try:
@@ -178,10 +199,8 @@ class BleSource:
             while True:
                 self.sensors, self.sensors_known = set(conn.driver.sensors), True
                 yield WatchConnected(tuple(conn.driver.sensors), conn.driver.name, conn.name)
-                while True:
-                    item = await conn.queue.get()
-                    if item is None:  # the link is gone
-                        break
+                assert self.intake is not None
+                async for item in self.intake.connection():  # until the link is gone
                     yield item
                 log.warning("%s: link lost; reconnecting for up to %g s", self.address, self.options.retry_budget_s)
                 lost, conn = conn, None
@@ -277,20 +296,36 @@ class BleSource:
 
         if device is None:
             device = await self._find_device(scan_timeout)
-        queue: asyncio.Queue = asyncio.Queue()
+        self._generation += 1
+        generation = self._generation
         client = await establish_connection(BleakClient, device, self.watch_id, max_attempts=2,
-                                            disconnected_callback=lambda _c: queue.put_nowait(None))
+                                            disconnected_callback=lambda _c: self._link_gone(generation))
         name = getattr(device, "name", None) or self.address
         try:
             driver = self._driver_for(client, name)
-            conn = _Connection(client, driver, queue, name)
-            await self._start(conn)
+            conn = _Connection(client, driver, name)
+            if self.intake is None:
+                self.intake = NotificationSource(self.watch_id, driver, self.options.intake_queue,
+                                                 self.options.intake_max_age_s)
+            else:
+                self.intake.attach(driver)
+            self.intake.begin_connection()
+            try:
+                await set_up(_BleakLink(client), self.intake, name, self.options.response_timeout_s, self.address)
+            except SetupError as exc:
+                raise (_Permanent if exc.permanent else _Transient)(str(exc)) from None
         except BaseException:
             with contextlib.suppress(Exception):
                 await client.disconnect()
             raise
         self.connections += 1
         return conn
+
+    def _link_gone(self, generation: int) -> None:
+        # A late callback of an earlier connection must not end the current one's stream.
+        if generation == self._generation and self.intake is not None:
+            self._generation += 1  # bleak calls back again when we hang up ourselves: that is the same loss
+            self.intake.connection_ended()
 
     def _driver_for(self, client: Any, name: str) -> WatchDriver:
         uuids = [normalize_uuid(s.uuid) for s in client.services]
@@ -311,73 +346,6 @@ class BleSource:
         else:
             self.driver = cls()
         return self.driver
-
-    async def _start(self, conn: _Connection) -> None:
-        driver, client, queue = conn.driver, conn.client, conn.queue
-        def deliver(sample: SensorSample) -> None:
-            queue.put_nowait(sample)
-
-        def on_gap(sensor: str) -> None:
-            queue.put_nowait(StreamGap(sensor, "lost notifications"))
-
-        self.feed = feed = NotificationFeed(driver, deliver, self.watch_id, on_gap=on_gap)
-
-        def on_notification(char: Any, data: bytearray) -> None:
-            uuid = normalize_uuid(char.uuid)
-            waiting = self._awaiting
-            if waiting is not None and not waiting.done() and uuid in driver.response_uuids:
-                try:
-                    samples = driver.decode(uuid, bytes(data), time.time())
-                except DecodeError as exc:
-                    waiting.set_result(exc)
-                    return
-                if not samples:  # an answer; data on a shared characteristic goes on to the pipeline
-                    waiting.set_result(None)
-                    return
-                for s in samples:
-                    deliver(SensorSample(s.t, s.sensor, s.xyz))
-                return
-            feed.on_notification(uuid, data, time.time())
-
-        for uuid in driver.notify_uuids:
-            char = client.services.get_characteristic(uuid)
-            if char is None:
-                raise _Permanent(f"{self.address} ({conn.name}) has the {driver.name} service but not its "
-                                 f"characteristic {uuid}")
-            await client.start_notify(char, on_notification)
-        for write in driver.prepare_commands():
-            await self._write(conn, write, wait=bool(driver.response_uuids), prepare=True)
-        if not driver.sensors:
-            raise _Permanent(f"{self.address} ({conn.name}) streams none of the sensors {driver.name} knows")
-        for write in driver.start_commands():
-            await self._write(conn, write, wait=driver.expects_responses, prepare=False)
-        log.info("%s (%s): streaming %s over %s at %g Hz", self.address, conn.name, "+".join(driver.sensors),
-                 driver.name, driver.native_rate_hz)
-
-    async def _write(self, conn: _Connection, write: GattWrite, wait: bool, prepare: bool) -> None:
-        driver = conn.driver
-        answer: asyncio.Future | None = asyncio.get_running_loop().create_future() if wait else None
-        self._awaiting = answer  # armed before writing: the answer may beat the write's own reply
-        try:
-            await conn.client.write_gatt_char(write.char_uuid, write.data, response=driver.write_with_response)
-            if answer is None:
-                return
-            try:
-                result = await asyncio.wait_for(answer, self.options.response_timeout_s)
-            except TimeoutError:
-                if driver.expects_responses:
-                    raise _Transient(f"{self.address}: no answer to command {write.data.hex()} within "
-                                     f"{self.options.response_timeout_s:g} s") from None
-                log.warning("%s: no answer to %s within %g s; going on with defaults", self.address,
-                            write.data.hex(), self.options.response_timeout_s)
-                return
-        finally:
-            self._awaiting = None
-        if isinstance(result, DecodeError):
-            if prepare:  # e.g. "no gyroscope here": the driver has learned it from the answer
-                log.info("%s: the watch declined %s (%s)", self.address, write.data.hex(), result)
-            elif result.status not in ALREADY_STREAMING:
-                raise _Transient(f"{self.address}: the watch refused to start streaming ({result})")
 
     async def _disconnect(self, conn: _Connection) -> None:
         """Stop the stream and hang up, briefly: this runs when the agent stops."""

@@ -16,9 +16,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-
-class BrokerError(RuntimeError):
-    pass
+from l2mu.agent.errors import BrokerError
+from l2mu.agent.settings import BROKER_KINDS
 
 
 def free_port() -> int:
@@ -49,8 +48,8 @@ class LocalBroker:
 
     def __init__(self, prefer: str = "auto", port: int | None = None, extra_config: str = "",
                  files: Mapping[str, str | bytes] | None = None) -> None:
-        if prefer not in ("auto", "mosquitto", "amqtt"):
-            raise ValueError(f"unknown broker {prefer!r}")
+        if prefer not in BROKER_KINDS:
+            raise BrokerError(f"--broker {prefer!r}: expected one of {', '.join(BROKER_KINDS)}")
         self.port = port or free_port()
         self.kind = "mosquitto" if prefer == "mosquitto" or (prefer == "auto" and mosquitto_binary()) else "amqtt"
         self.extra_config = extra_config

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from l2mu.agent.intake import StreamGap
+from l2mu.agent.events import Sample, StreamGap, WatchConnected
 from l2mu.agent.pipeline import StreamAligner, Windower, normalise
-from l2mu.agent.recording import SensorSample
 from l2mu.agent.runtime import ExecuTorchClassifier, decision_from_counts
 from l2mu.agent.sdnotify import Notifier, watchdog_pings
-from l2mu.agent.smoothing import DEFAULT_SMOOTHING, DEFAULT_WINDOW, Smoother, make_smoother
-from l2mu.agent.sources import Source, SourceError, WatchConnected
+from l2mu.agent.settings import DEFAULTS
+from l2mu.agent.smoothing import Smoother, make_smoother
+from l2mu.agent.sources import Source, SourceError
 from l2mu.agent.streaming import StepWindower
 
 log = logging.getLogger(__name__)
@@ -95,14 +95,14 @@ class Agent:
     sources: list[Source]
     classifier: ExecuTorchClassifier
     publisher: DecisionSink
-    decision_period_s: float = 1.0
+    decision_period_s: float = DEFAULTS.decision_period
     on_decision: Callable[[dict, str], None] | None = None  # payload, true label ("" if unknown)
-    smoothing: str = DEFAULT_SMOOTHING
-    smoothing_window: int = DEFAULT_WINDOW
-    raw_scores: bool = False
+    smoothing: str = DEFAULTS.smoothing
+    smoothing_window: int = DEFAULTS.smoothing_window
+    raw_scores: bool = DEFAULTS.raw_scores
     # "step": the model advances on every sample (l2mu.agent.streaming); "window": `forward` on each
     # whole window. Both give the same decisions; step spreads the work evenly over the samples.
-    inference: str = "step"
+    inference: str = DEFAULTS.inference
     notifier: Notifier | None = None  # systemd's notify socket: WATCHDOG=1 while every watch makes progress
     stall_after_s: float | None = None  # a watch silent this long counts as stalled (default: the watchdog interval)
     sessions: list[WatchSession] = field(default_factory=list)
@@ -114,7 +114,7 @@ class Agent:
         meta = self.classifier.meta
         for src in self.sources:
             missing = set(meta.sensors) - src.sensors
-            if missing and getattr(src, "sensors_known", True):  # a live watch tells once connected
+            if missing and src.sensors_known:  # a live watch tells once connected
                 raise SourceError(
                     f"{src.watch_id}: model {meta.name} needs {', '.join(sorted(missing))}, which this source lacks"
                 )
@@ -147,7 +147,7 @@ class Agent:
             session.classifier = chosen
             session.aligner, session.windower, session.smoother = self._pipeline(chosen)
 
-    def handle_sample(self, session: WatchSession, sample: SensorSample) -> list[dict]:
+    def handle_sample(self, session: WatchSession, sample: Sample) -> list[dict]:
         """Feed one raw sample through the pipeline; returns the decisions it completed."""
         if session.wall0 is None:
             session.wall0, session.t0 = time.time(), sample.t
@@ -215,7 +215,7 @@ class Agent:
             return True
         now = time.monotonic() if now is None else now
         # A live watch (re)connecting on its own retry budget is not stalled (its budget ends it otherwise).
-        return all(s.last_progress is None or getattr(s.source, "connecting", False)
+        return all(s.last_progress is None or s.source.connecting
                    or now - s.last_progress < limit for s in self.sessions)
 
     async def run(self) -> None:

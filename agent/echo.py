@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 
 import paho.mqtt.client as mqtt
 import typer
@@ -11,8 +12,36 @@ import typer
 from l2mu.agent.mqtt import BrokerAddress, MqttError, MqttSecurity
 
 
+class RecentTruths:
+    """The recording's true label of the latest decisions, until the echo prints them.
+
+    Bounded: a decision whose message never comes back (echo off, broker gone) must not be kept for
+    the life of the process, which would grow the agent by every decision it makes.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._labels: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._lock = threading.Lock()  # noted on the agent's thread, taken on paho's
+
+    def note(self, payload: dict, truth: str) -> None:
+        if not truth:
+            return
+        with self._lock:
+            self._labels[(payload["watch"], payload["seq"])] = truth
+            while len(self._labels) > self.limit:
+                self._labels.popitem(last=False)
+
+    def take(self, watch: str, seq: int) -> str:
+        with self._lock:
+            return self._labels.pop((watch, seq), "")
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+
 class EchoSubscriber:
-    def __init__(self, url: str, prefix: str, truths: dict[tuple[str, int], str],
+    def __init__(self, url: str, prefix: str, truths: RecentTruths,
                  security: MqttSecurity | None = None) -> None:
         self.address = BrokerAddress.parse(url)
         self.topic = f"{prefix}/activity/#"
@@ -33,7 +62,7 @@ class EchoSubscriber:
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
         try:
             p = json.loads(msg.payload)
-            truth = self.truths.get((p["watch"], p["seq"]), "")
+            truth = self.truths.take(p["watch"], p["seq"])
             mark = "" if not truth else ("  ✓" if truth == p["activity"] else "  ✗")
             typer.echo(
                 f"{msg.topic}  seq {p['seq']:>5}  {p['activity']:<10} {p['confidence']:.2f}"

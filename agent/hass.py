@@ -12,8 +12,6 @@ from importlib import metadata
 
 from l2mu.agent.sources import topic_safe
 
-DEFAULT_DISCOVERY_PREFIX = "homeassistant"
-
 
 def _version() -> str:
     try:

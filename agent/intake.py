@@ -1,13 +1,18 @@
-"""A watch that talks in notifications, as an agent source: bounded, time-stamped intake with counted drops.
+"""A watch that talks in notifications, as an agent source: one intake for live and simulated watches.
 
-The notification callback (bleak's, or a virtual watch's) only decodes and queues; the agent's
-per-watch task takes samples from the queue and runs the pipeline. Between the two sits a
-bound, so an agent that cannot keep up sheds samples — counted in `dropped` and reported to
-the pipeline as a gap, so no window is built across them — instead of falling further and
-further behind real time:
+Every watch goes through this module the same way, whether bleak hands over its notifications
+(l2mu.agent.ble) or a virtual watch's firmware runs in process (l2mu.agent.sim.link):
 
-- overflow: more than `max_queue` samples waiting drops the oldest one;
-- staleness: a sample that waited more than `max_age_s` by the time its turn comes is shed.
+- `set_up(link, intake)`: the handshake of `firmware_bridge/driver.py` — notifications on, the
+  driver's prepare commands (waiting for each answer where the watch sends one), then its start
+  commands. Answers are routed to the waiting command; data goes on to the pipeline.
+- `NotificationFeed`: bytes → driver → samples; a frame the driver rejects is dropped and counted
+  by reason, and never stops the stream.
+- `NotificationSource`: the bounded queue between the notification callback and the agent's task
+  for that watch. An agent that cannot keep up sheds samples — counted in `dropped` and reported
+  to the pipeline as a gap, so no window is built across them — instead of falling further and
+  further behind real time: more than `max_queue` samples waiting drops the oldest one; a sample
+  that waited more than `max_age_s` by the time its turn comes is shed.
 
 Every queued sample carries its arrival time (`time.monotonic()` when the notification reached
 the intake, or the `arrived` stamp the caller gives), which the source exposes as `arrival`
@@ -21,28 +26,60 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from l2mu.agent.notifications import NotificationFeed
-from l2mu.agent.recording import SensorSample
-from l2mu.firmware_bridge.driver import WatchDriver
+from l2mu.agent.errors import SourceError, UsageError
+from l2mu.agent.events import Sample, StreamGap
+from l2mu.agent.settings import DEFAULTS
+from l2mu.firmware_bridge.driver import DecodeError, GattWrite, WatchDriver
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_QUEUE = 1024  # samples: ~10 s of a 52 Hz acc + gyro watch, far beyond any healthy backlog
-DEFAULT_MAX_AGE_S = 1.0  # a sample older than this is useless to a decision published once a second
 YIELD_EVERY = 32  # samples the consumer handles before letting other watches' tasks run
+_LINK_DOWN = object()  # queued by connection_ended(): what came before it is still handed over
 
 
-@dataclass(frozen=True, slots=True)
-class StreamGap:
-    """Yielded by a source between samples: samples of `sensor` were lost here, so the pipeline restarts
-    its grid instead of interpolating across the hole (see StreamAligner.mark_gap)."""
+@dataclass
+class NotificationFeed:
+    driver: WatchDriver
+    deliver: Callable[[Sample], object]
+    watch_id: str = "watch"
+    # Called with each declared sensor when the driver saw lost packets (sequence numbers),
+    # so the pipeline restarts its grid instead of interpolating across the hole.
+    on_gap: Callable[[str], object] | None = None
+    notifications: int = 0
+    samples: int = 0
+    decode_errors: Counter = field(default_factory=Counter)
+    _gaps_seen: int = 0
 
-    sensor: str
-    reason: str
+    def on_notification(self, char_uuid: str, data: bytes | bytearray, received_at: float) -> int:
+        """Decode one notification and deliver its samples; returns how many were delivered."""
+        self.notifications += 1
+        try:
+            decoded = self.driver.decode(char_uuid, bytes(data), received_at)
+        except DecodeError as exc:
+            self.decode_errors[exc.reason] += 1
+            if self.decode_errors[exc.reason] == 1:  # once per kind, so a noisy link can't flood the log
+                log.warning("%s: dropped a %s frame (%s); further ones are only counted",
+                            self.watch_id, self.driver.name, exc)
+            return 0
+        gaps = getattr(self.driver, "gaps", 0)
+        if gaps > self._gaps_seen:
+            self._gaps_seen = gaps
+            if self.on_gap:
+                for sensor in self.driver.sensors:
+                    self.on_gap(sensor)
+        for s in decoded:
+            self.deliver(s)
+        self.samples += len(decoded)
+        return len(decoded)
+
+    @property
+    def errors_total(self) -> int:
+        return sum(self.decode_errors.values())
 
 
 class NotificationSource:
@@ -50,11 +87,12 @@ class NotificationSource:
 
     speed = 1.0  # live: the watch's clock runs at wall speed (the agent maps window times with it)
     sensors_known = True  # the driver was configured before streaming (sources.Source)
+    connecting = False
 
-    def __init__(self, watch_id: str, driver: WatchDriver, max_queue: int = DEFAULT_MAX_QUEUE,
-                 max_age_s: float = DEFAULT_MAX_AGE_S) -> None:
+    def __init__(self, watch_id: str, driver: WatchDriver, max_queue: int = DEFAULTS.intake_queue,
+                 max_age_s: float = DEFAULTS.intake_max_age_s) -> None:
         if max_queue < 1 or max_age_s <= 0:
-            raise ValueError("an intake needs max_queue ≥ 1 and max_age_s > 0")
+            raise UsageError("an intake needs max_queue ≥ 1 and max_age_s > 0")
         self.watch_id = watch_id
         self.driver = driver
         self.max_queue = max_queue
@@ -64,13 +102,20 @@ class NotificationSource:
         self.dropped_stale = 0
         self.link_drops = 0
         self.arrival = 0.0  # arrival time (monotonic) of the sample the agent is handling now
-        self._queue: deque[tuple[float, SensorSample | StreamGap]] = deque()
+        self._queue: deque[tuple[float, Sample | StreamGap]] = deque()
         self._samples_queued = 0  # samples (not gap markers) in _queue
         self._head_gap: str | None = None  # samples were shed ahead of the queue's head: report a gap first
         self._now = 0.0  # arrival stamp of the notification being decoded
         self._wake = asyncio.Event()
         self._closed = False
         self._link_lost_at: float | None = None
+        self._awaiting: asyncio.Future | None = None  # a set-up command waiting for the watch's answer
+
+    def attach(self, driver: WatchDriver) -> None:
+        """A new connection chose `driver` (a live watch may turn out to be another family after a reconnect)."""
+        if driver is not self.driver:
+            self.driver = driver
+            self.feed = NotificationFeed(driver, self._deliver, self.watch_id, on_gap=self._sequence_gap)
 
     @property
     def sensors(self) -> set[str]:
@@ -91,9 +136,41 @@ class NotificationSource:
         """Hand over one notification. `received_at`: wall-clock seconds for drivers that stamp samples on
         arrival (default: now); `arrived`: monotonic arrival time for latency accounting (default: now)."""
         self._now = time.monotonic() if arrived is None else arrived
-        return self.feed.on_notification(char_uuid, data, time.time() if received_at is None else received_at)
+        received_at = time.time() if received_at is None else received_at
+        waiting = self._awaiting
+        if waiting is not None and not waiting.done() and char_uuid in self.driver.response_uuids:
+            try:
+                samples = self.driver.decode(char_uuid, bytes(data), received_at)
+            except DecodeError as exc:
+                waiting.set_result(exc)
+                return 0
+            if not samples:  # an answer; data on a shared characteristic goes on to the pipeline
+                waiting.set_result(None)
+                return 0
+            for s in samples:
+                self._deliver(s)
+            return len(samples)
+        return self.feed.on_notification(char_uuid, data, received_at)
 
-    def _deliver(self, sample: SensorSample) -> None:
+    def expect_answer(self) -> asyncio.Future:
+        """Arm before writing a set-up command: the watch's answer (None, or its DecodeError) resolves it."""
+        self._awaiting = asyncio.get_running_loop().create_future()
+        return self._awaiting
+
+    def answered(self) -> None:
+        self._awaiting = None
+
+    def begin_connection(self) -> None:
+        """A new connection starts: an end-of-link mark left by an attempt that failed during its set-up is void."""
+        if any(item is _LINK_DOWN for _, item in self._queue):
+            self._queue = deque(entry for entry in self._queue if entry[1] is not _LINK_DOWN)
+
+    def connection_ended(self) -> None:
+        """The link is gone (BLE): `connection()` returns once what arrived before is handed over."""
+        self._queue.append((time.monotonic(), _LINK_DOWN))
+        self._wake.set()
+
+    def _deliver(self, sample: Sample) -> None:
         if self._closed:
             return
         if self._samples_queued >= self.max_queue:
@@ -105,7 +182,7 @@ class NotificationSource:
     def _shed_oldest(self) -> None:
         while self._queue:
             _, item = self._queue.popleft()
-            if isinstance(item, SensorSample):
+            if isinstance(item, Sample):
                 self._samples_queued -= 1
                 self.dropped_overflow += 1
                 self._note_drop(item.sensor, "overflow")
@@ -145,7 +222,14 @@ class NotificationSource:
 
     # --- consumer side: the agent's task for this watch -------------------------------------------
 
-    async def stream(self) -> AsyncIterator[SensorSample | StreamGap]:
+    async def stream(self) -> AsyncIterator[Sample | StreamGap]:
+        """Samples and gaps until `close()`, across link losses (the simulated watches' player reconnects)."""
+        while not self._closed or self._queue:
+            async for item in self.connection():
+                yield item
+
+    async def connection(self) -> AsyncIterator[Sample | StreamGap]:
+        """Samples and gaps until the link is gone (`connection_ended`) or the intake is closed."""
         handled = 0
         while True:
             if not self._queue:
@@ -155,7 +239,9 @@ class NotificationSource:
                 await self._wake.wait()
                 continue
             arrived, item = self._queue.popleft()
-            if isinstance(item, SensorSample):
+            if item is _LINK_DOWN:
+                return
+            if isinstance(item, Sample):
                 self._samples_queued -= 1
                 if time.monotonic() - arrived > self.max_age_s:
                     self.dropped_stale += 1
@@ -169,3 +255,84 @@ class NotificationSource:
             handled += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+
+
+# --- the set-up every watch goes through -------------------------------------------------------------------
+
+
+class SetupError(SourceError):
+    """The watch cannot be used over this connection; `permanent`: no retry can help (not such a watch)."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+Notify = Callable[[str, bytes | bytearray, float | None, float | None], None]  # uuid, data, received_at, arrived
+
+
+class GattLink(Protocol):
+    """One open connection to a watch, as the set-up needs it: bleak's client (l2mu.agent.ble) or a virtual
+    watch's firmware in process (l2mu.agent.sim.link)."""
+
+    def has_characteristic(self, char_uuid: str) -> bool: ...
+
+    async def start_notify(self, char_uuid: str, callback: Notify) -> None: ...
+
+    async def write(self, char_uuid: str, data: bytes, response: bool) -> None: ...
+
+
+# Answers to a start command meaning the stream is already on (Polar PMD), which is what was wanted.
+ALREADY_STREAMING = frozenset({"ERROR_ALREADY_IN_STATE"})
+
+
+async def set_up(link: GattLink, intake: NotificationSource, name: str, response_timeout_s: float,
+                 label: str | None = None) -> None:
+    """Notifications on, then the driver's prepare and start commands, each answer awaited where the watch
+    sends one; afterwards every notification flows into `intake`. Raises SetupError."""
+    driver = intake.driver
+    label = label or intake.watch_id
+
+    def on_notification(char_uuid: str, data: bytes | bytearray, received_at: float | None,
+                        arrived: float | None) -> None:
+        intake.on_notification(char_uuid, data, received_at, arrived)
+
+    for uuid in driver.notify_uuids:
+        if not link.has_characteristic(uuid):
+            raise SetupError(f"{label} ({name}) has the {driver.name} service but not its characteristic {uuid}",
+                             permanent=True)
+        await link.start_notify(uuid, on_notification)
+    for write in driver.prepare_commands():
+        await _command(link, intake, write, bool(driver.response_uuids), True, response_timeout_s, label)
+    if not driver.sensors:
+        raise SetupError(f"{label} ({name}) streams none of the sensors {driver.name} knows", permanent=True)
+    for write in driver.start_commands():
+        await _command(link, intake, write, driver.expects_responses, False, response_timeout_s, label)
+    log.info("%s (%s): streaming %s over %s at %g Hz", label, name, "+".join(driver.sensors), driver.name,
+             driver.native_rate_hz)
+
+
+async def _command(link: GattLink, intake: NotificationSource, write: GattWrite, wait: bool, prepare: bool,
+                   timeout_s: float, label: str) -> None:
+    driver = intake.driver
+    answer = intake.expect_answer() if wait else None  # armed before writing: the answer may beat the write
+    try:
+        await link.write(write.char_uuid, write.data, driver.write_with_response)
+        if answer is None:
+            return
+        try:
+            result = await asyncio.wait_for(answer, timeout_s)
+        except TimeoutError:
+            if driver.expects_responses:
+                raise SetupError(f"{label}: no answer to command {write.data.hex()} within {timeout_s:g} s",
+                                 permanent=False) from None
+            log.warning("%s: no answer to %s within %g s; going on with defaults", label, write.data.hex(), timeout_s)
+            return
+    finally:
+        if wait:
+            intake.answered()
+    if isinstance(result, DecodeError):
+        if prepare:  # e.g. "no gyroscope here": the driver has learned it from the answer
+            log.info("%s: the watch declined %s (%s)", label, write.data.hex(), result)
+        elif result.status not in ALREADY_STREAMING:
+            raise SetupError(f"{label}: the watch refused to start streaming ({result})", permanent=False)

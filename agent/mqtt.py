@@ -24,17 +24,14 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
+from l2mu.agent.errors import MqttError
 from l2mu.agent.outbox import Outbox
+from l2mu.agent.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
 BATCH = 100  # decisions handed to paho at once; more would sit in paho's memory, out of the outbox's reach
-SLOW_AFTER_S = 5.0  # a connected broker that acknowledged nothing for this long is reported as slow
 HA_STATUS = "status"
-
-
-class MqttError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -110,11 +107,11 @@ def scores_topic(prefix: str, watch_id: str) -> str:
 class MqttPublisher:
     """Keeps one session to the broker; the will announces `offline` if the agent dies."""
 
-    def __init__(self, url: str, agent_id: str, prefix: str = "har", security: MqttSecurity | None = None,
-                 outbox: Outbox | None = None, protocol: str = "5",
-                 discovery: list[tuple[str, str]] | None = None, discovery_prefix: str = "homeassistant",
+    def __init__(self, url: str, agent_id: str, prefix: str = DEFAULTS.topic_prefix,
+                 security: MqttSecurity | None = None, outbox: Outbox | None = None, protocol: str = "5",
+                 discovery: list[tuple[str, str]] | None = None, discovery_prefix: str = DEFAULTS.ha_prefix,
                  on_delivered: Callable[[str, str, float], None] | None = None,
-                 slow_after_s: float = SLOW_AFTER_S) -> None:
+                 slow_after_s: float = DEFAULTS.slow_broker_s) -> None:
         """on_delivered(topic, payload, monotonic time of the PUBACK) is called, on the sender thread, for
         every decision the broker accepted (the load benchmark measures latency with it)."""
         self.address = BrokerAddress.parse(url)

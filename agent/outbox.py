@@ -33,16 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from l2mu.agent.errors import OutboxError
+from l2mu.agent.settings import DEFAULTS
+
 log = logging.getLogger(__name__)
 
 JOURNAL = "outbox.jsonl"
 ROTATE_AFTER = 1000
-DEFAULT_MAX_MESSAGES = 100_000  # > a day of one decision a second per watch
 RETRY_DISK_S = 5.0  # how often a journal that could not be written is tried again
-
-
-class OutboxError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +52,7 @@ class Entry:
 
 
 class Outbox:
-    def __init__(self, directory: Path | None = None, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
+    def __init__(self, directory: Path | None = None, max_messages: int = DEFAULTS.queue_size) -> None:
         if max_messages < 1:
             raise OutboxError(f"outbox size must be ≥ 1, got {max_messages}")
         self.max_messages = max_messages

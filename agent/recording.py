@@ -17,25 +17,14 @@ import csv
 import gzip
 import io
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+from l2mu.agent.errors import RecordingError
+from l2mu.agent.events import Sample
 from l2mu.model.metadata import SENSOR_UNITS
 
 HEADER_LINE = "# l2mu-recording v1"
 COLUMNS = ["time_s", "sensor", "x", "y", "z", "label"]
-
-
-class RecordingError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class SensorSample:
-    t: float  # seconds, watch clock
-    sensor: str  # "acc" | "gyro"
-    xyz: tuple[float, float, float]  # SI units
-    label: str = ""
 
 
 def _open(path: Path, mode: str, gz: bool | None = None) -> io.TextIOBase:
@@ -44,11 +33,11 @@ def _open(path: Path, mode: str, gz: bool | None = None) -> io.TextIOBase:
     return open(path, mode, encoding="utf-8", newline="")
 
 
-def read_recording(path: Path) -> list[SensorSample]:
+def read_recording(path: Path) -> list[Sample]:
     path = Path(path)
     if not path.is_file():
         raise RecordingError(f"{path}: recording not found")
-    samples: list[SensorSample] = []
+    samples: list[Sample] = []
     try:
         with _open(path, "r") as fh:
             first = fh.readline().strip()
@@ -63,7 +52,7 @@ def read_recording(path: Path) -> list[SensorSample]:
                     t, sensor, x, y, z, label = row
                     if sensor not in SENSOR_UNITS:
                         raise ValueError(f"unknown sensor {sensor!r}")
-                    samples.append(SensorSample(float(t), sensor, (float(x), float(y), float(z)), label))
+                    samples.append(Sample(float(t), sensor, (float(x), float(y), float(z)), label))
                 except ValueError as exc:
                     raise RecordingError(f"{path}:{lineno}: bad row {','.join(row)[:60]!r} ({exc})") from exc
     except (OSError, EOFError, UnicodeDecodeError) as exc:
@@ -73,7 +62,7 @@ def read_recording(path: Path) -> list[SensorSample]:
     return samples
 
 
-def write_recording(path: Path, samples: Iterable[SensorSample]) -> int:
+def write_recording(path: Path, samples: Iterable[Sample]) -> int:
     path = Path(path)
     n = 0
     tmp = path.with_name(path.name + ".partial")
@@ -88,17 +77,17 @@ def write_recording(path: Path, samples: Iterable[SensorSample]) -> int:
     return n
 
 
-def sensors_in(samples: Iterable[SensorSample]) -> set[str]:
+def sensors_in(samples: Iterable[Sample]) -> set[str]:
     return {s.sensor for s in samples}
 
 
-def iter_sorted(samples: list[SensorSample]) -> Iterator[SensorSample]:
+def iter_sorted(samples: list[Sample]) -> Iterator[Sample]:
     return iter(sorted(samples, key=lambda s: s.t))
 
 
 def recording_from_wisdm(
     root: Path, subject: int, activities: Iterable[str], seconds: float, skip_s: float = 20.0
-) -> list[SensorSample]:
+) -> list[Sample]:
     """Raw WISDM watch samples (both sensors, original timestamps) of one subject, `seconds` per
     activity after skipping `skip_s`, activities played back to back on one continuous clock."""
     from l2mu.model.timegrid import sorted_unique
@@ -111,7 +100,7 @@ def recording_from_wisdm(
             streams[sensor] = read_raw(path)
     if not streams:
         raise RecordingError(f"{root}: no watch data for subject {subject}")
-    out: list[SensorSample] = []
+    out: list[Sample] = []
     clock = 0.0
     for code in activities:
         pieces = {}
@@ -124,12 +113,12 @@ def recording_from_wisdm(
         start = max(t[0] for t, _ in pieces.values()) + skip_s
         end = start + seconds
         chunk = [
-            SensorSample(float(t - start), sensor, tuple(float(v) for v in row), ACTIVITY_NAMES[code])
+            Sample(float(t - start), sensor, tuple(float(v) for v in row), ACTIVITY_NAMES[code])
             for sensor, (ts, vals) in pieces.items()
             for t, row in zip(ts, vals, strict=True)
             if start <= t < end
         ]
         chunk.sort(key=lambda s: s.t)
-        out.extend(SensorSample(clock + s.t, s.sensor, s.xyz, s.label) for s in chunk)
+        out.extend(Sample(clock + s.t, s.sensor, s.xyz, s.label) for s in chunk)
         clock += seconds
     return out

@@ -17,7 +17,7 @@ a late BLE packet or one lost sample barely move it) and picks how to read the s
   grid's Nyquist frequency, which folds onto itself) and below −65 dB from 11 Hz up: what would
   fold back onto the 20 Hz grid is gone before it can alias, while the 7–10 Hz band that the
   model saw in training is kept. (A cut at 8 Hz, fully −50 dB at 10 Hz, cost a point of decision
-  agreement on re-encoded WISDM data: tests/test_resample.py.)
+  agreement on re-encoded WISDM data: tests/unit/test_resample.py.)
 
 The kernel is symmetric around the grid time, i.e. a linear-phase FIR whose group delay is
 compensated exactly: a grid sample stamped t holds the signal around t, not around

@@ -19,9 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-SMOOTHING_KINDS = ("majority", "hmm", "none")
-DEFAULT_SMOOTHING = "majority"
-DEFAULT_WINDOW = 5
+from l2mu.agent.errors import UsageError
+from l2mu.agent.settings import DEFAULTS, SMOOTHING_KINDS
 
 
 class Smoother(Protocol):
@@ -38,7 +37,7 @@ class NoSmoothing:
 class MajorityVote:
     def __init__(self, window: int) -> None:
         if window < 1:
-            raise ValueError(f"smoothing window must be ≥ 1, got {window}")
+            raise UsageError(f"smoothing window must be ≥ 1, got {window}")
         self.votes: deque[int] = deque(maxlen=window)
         self.current: int | None = None
 
@@ -60,7 +59,7 @@ class HmmFilter:
 
     def __init__(self, n_classes: int, window: int, floor: float = 1e-3) -> None:
         if window < 1:
-            raise ValueError(f"smoothing window must be ≥ 1, got {window}")
+            raise UsageError(f"smoothing window must be ≥ 1, got {window}")
         self.n = n_classes
         # An activity is expected to last several windows: the same N that sizes the majority vote
         # sets the expected dwell, so `--smoothing-window` means "how much evidence" for both.
@@ -80,11 +79,11 @@ class HmmFilter:
         return int(np.argmax(self.belief))
 
 
-def make_smoother(kind: str, n_classes: int, window: int = DEFAULT_WINDOW) -> Smoother:
+def make_smoother(kind: str, n_classes: int, window: int = DEFAULTS.smoothing_window) -> Smoother:
     if kind == "majority":
         return MajorityVote(window)
     if kind == "hmm":
         return HmmFilter(n_classes, window)
     if kind == "none":
         return NoSmoothing()
-    raise ValueError(f"--smoothing must be one of {', '.join(SMOOTHING_KINDS)}, got {kind!r}")
+    raise UsageError(f"--smoothing must be one of {', '.join(SMOOTHING_KINDS)}, got {kind!r}")

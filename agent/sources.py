@@ -1,9 +1,9 @@
 """Where samples come from: a recorded session (`replay:FILE`), the bundled `demo`, or a BLE watch.
 
-A source has `watch_id`, `speed`, `sensors` (and `sensors_known`, False until a live watch has
-told) and `stream()`, an async iterator of `SensorSample`s. A live watch's stream also carries
-`WatchConnected` (after each connection: the sensors it streams) and `intake.StreamGap` (samples
-were lost, e.g. the link dropped: no window may span this point).
+Every source is a `Source`: the agent reads nothing else of it. Its `stream()` yields the
+events of l2mu.agent.events: samples, and from a live watch also `WatchConnected` (after each
+connection: the sensors it streams) and `StreamGap` (samples were lost, e.g. the link dropped:
+no window may span this point).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from l2mu.agent.recording import SensorSample, read_recording, sensors_in
+from l2mu.agent.errors import SourceError
+from l2mu.agent.events import Sample, SourceEvent
+from l2mu.agent.recording import read_recording, sensors_in
 
 if TYPE_CHECKING:
     from l2mu.agent.ble import BleOptions
@@ -27,29 +29,14 @@ MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 ADDRESS_LIKE_RE = re.compile(r"^[0-9A-Fa-f]{1,2}([:-][0-9A-Fa-f]{0,2})+$")
 
 
-class SourceError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class WatchConnected:
-    """A live watch is connected and streaming these sensors with this protocol."""
-
-    sensors: tuple[str, ...]
-    protocol: str
-    name: str = ""
-
-
-SourceItem = object  # SensorSample, WatchConnected or l2mu.agent.intake.StreamGap
-
-
 class Source(Protocol):
     watch_id: str
-    speed: float
+    speed: float  # how much faster than real time its clock runs (0: unpaced); maps window times to wall time
     sensors: set[str]
-    sensors_known: bool
+    sensors_known: bool  # False until a live watch has said what it streams (WatchConnected)
+    connecting: bool  # looking for the watch or reconnecting on its own retry budget: silent, not stalled
 
-    def stream(self) -> AsyncIterator[SourceItem]: ...
+    def stream(self) -> AsyncIterator[SourceEvent]: ...
 
 
 def demo_recording() -> Path:
@@ -70,6 +57,7 @@ class ReplaySource:
     speed: float = 1.0
     loop: bool = False
     sensors_known = True
+    connecting = False
 
     def __post_init__(self) -> None:
         if self.speed < 0:
@@ -77,7 +65,7 @@ class ReplaySource:
         self.samples = sorted(read_recording(self.path), key=lambda s: s.t)
         self.sensors = sensors_in(self.samples)
 
-    async def stream(self) -> AsyncIterator[SensorSample]:
+    async def stream(self) -> AsyncIterator[Sample]:
         span = self.samples[-1].t - self.samples[0].t
         period = span + (self.samples[1].t - self.samples[0].t if len(self.samples) > 1 else 0.05)
         t0 = self.samples[0].t
@@ -93,7 +81,7 @@ class ReplaySource:
                         await asyncio.sleep(delay)
                 elif lap == 0 and s is self.samples[0]:
                     await asyncio.sleep(0)
-                yield SensorSample(t, s.sensor, s.xyz, s.label) if shift else s
+                yield Sample(t, s.sensor, s.xyz, s.label) if shift else s
             if not self.loop:
                 return
             lap += 1

@@ -6,7 +6,7 @@ samples start every `hop` samples after a (re)start; each window in flight has i
 reset to zero at its own start. Every sample advances every chain once (ceil(length / hop) steps
 per sample: 2 for the agent's 2 s windows every 1 s), and a chain that has taken `length` samples
 holds exactly the counts `forward` gives for that window — the same operations in the same order
-(tests/test_step_path.py checks the agent's decisions on a real recording against the window path).
+(tests/integration/test_streaming.py checks the agent's decisions on a real recording against the window path).
 
 Normalisation is the window path's, sample by sample: the same float64 arithmetic cast to float32.
 """

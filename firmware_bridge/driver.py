@@ -46,11 +46,14 @@ _SIG_BASE_SUFFIX = "-0000-1000-8000-00805f9b34fb"
 
 @dataclass(frozen=True, slots=True)
 class ImuSample:
-    """One IMU reading. t: seconds (watch clock); xyz: m/s² for "acc", rad/s for "gyro"."""
+    """One IMU reading. t: seconds (watch clock); xyz: m/s² for "acc", rad/s for "gyro"; label: the true
+    activity where a recording knows it (a watch never does). The agent's one sample type, from the driver
+    through the intake to the pipeline (l2mu.agent.events.Sample)."""
 
     t: float
     sensor: Sensor
     xyz: tuple[float, float, float]
+    label: str = ""
 
 
 class DecodeError(ValueError):

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
-import sys
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.cli import REPO, TINY_WINDOW, cli_command
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +32,6 @@ def mosquitto():
         pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
     with LocalBroker(prefer="mosquitto") as broker:
         yield broker
-
-
-def cli_command() -> list[str]:
-    """The installed console script, run with this interpreter's environment."""
-    return [sys.executable, "-m", "l2mu.agent"]
-
-
-TINY_WINDOW = 10  # a short window keeps export (which unrolls every time step) quick in tests
 
 
 @pytest.fixture(scope="session")
@@ -90,22 +85,15 @@ def tiny_int8_program(tiny_checkpoint: Path, wisdm_root: Path) -> Path:
     return out
 
 
-def demo_lines(*run_args: str, count: int, timeout: float = 120) -> list[str]:
-    """Start `run --watch demo …`, collect the first `count` echoed har/activity/demo lines, stop it with Ctrl-C."""
-    import signal
-    import subprocess
-    import time
-
-    proc = subprocess.Popen([*cli_command(), "run", "--watch", "demo", *run_args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A bound datagram socket like systemd's, in a short directory (AF_UNIX paths are limited to 108 bytes)."""
+    folder = tempfile.mkdtemp(prefix="l2mu-notify-")
+    path = os.path.join(folder, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(lines) < count:
-            line = proc.stdout.readline()
-            if line.startswith("har/activity/demo"):
-                lines.append(line)
+        yield sock, path
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(20)
-    return lines
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests; pytest collects nothing here (no test_ names)."""
