@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from l2mu.agent.smoothing import DEFAULT_WINDOW, SMOOTHING_KINDS, make_smoother
+from l2mu.agent.settings import DEFAULTS, SMOOTHING_KINDS
+from l2mu.agent.smoothing import make_smoother
 from l2mu.model import wisdm
 from l2mu.model.checkpoint import load_checkpoint
 from l2mu.model.train import SENSOR_SETS
@@ -38,7 +39,8 @@ def played_back_to_back(root: Path, subject: int, sensors: tuple[str, ...], code
     return np.concatenate(values), np.concatenate(labels)
 
 
-def smoothing_scores(checkpoint: Path, root: Path, subjects: list[int], window: int = DEFAULT_WINDOW) -> dict:
+def smoothing_scores(checkpoint: Path, root: Path, subjects: list[int],
+                     window: int = DEFAULTS.smoothing_window) -> dict:
     ckpt = load_checkpoint(checkpoint)
     meta, net = ckpt.metadata, ckpt.model
     classes = list(meta.classes)
