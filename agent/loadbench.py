@@ -107,7 +107,7 @@ class Rig:
         from l2mu.agent.daemon import Agent
         from l2mu.agent.mqtt import MqttPublisher
         from l2mu.agent.outbox import Outbox
-        from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model, single_threaded_kernels
+        from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
         from l2mu.agent.sources import demo_recording
         from l2mu.agent.watchsim import DEFAULT_MIX, Signal, build_watches, make_driver, mix_for
 
@@ -116,7 +116,6 @@ class Rig:
         if cfg.seconds <= 0:
             raise LoadBenchError(f"--seconds must be > 0, got {cfg.seconds}")
         self.cfg = cfg
-        single_threaded_kernels()  # as `run` does, before the model loads
         self.classifier = ExecuTorchClassifier(resolve_model(cfg.model))
         self.kinds = mix_for(self.classifier.meta.sensors, cfg.mix or DEFAULT_MIX)
         signal = Signal.from_file(cfg.recording or demo_recording())
@@ -131,6 +130,7 @@ class Rig:
                                        slow_after_s=cfg.slow_after_s)
         options = {"inference": cfg.inference} if cfg.inference else {}
         self.agent = Agent(self.sources, self.classifier, self.publisher, on_decision=self._decided, **options)
+        self.sessions = {s.source.watch_id: s for s in self.agent.sessions}
         self.player = None
         self._player_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,7 +140,7 @@ class Rig:
     def _decided(self, payload: dict, truth: str) -> None:
         # Called before the decision is handed to the publisher, so its ack can never come first.
         watch = payload["watch"]
-        self.tally.arrivals[(watch, payload["seq"])] = (self.by_id[watch].arrival, time.monotonic())
+        self.tally.arrivals[(watch, payload["seq"])] = (self.sessions[watch].arrival, time.monotonic())
         self.tally.made[watch] += 1
 
     def _delivered(self, topic: str, payload: str, acked_at: float) -> None:
