@@ -97,14 +97,15 @@ class ExecuTorchClassifier:
         runtime = native_runner()
         try:
             with native_stderr_silenced():
-                self._runner = runtime.Runner(str(self.path))
+                # `step` is what the agent runs; `forward` (evaluation, the window path) is planned on first
+                # use: its 40 unrolled time steps are most of a loaded program's memory.
+                self._runner = runtime.Runner(str(self.path), ["step"])
                 expected = {"forward": [[self.meta.window_samples, self.n_channels]],
                             "step": [[self.batch_max, n] for n in (self.n_channels, *self.part_sizes)]}
                 for method, sizes in expected.items():
                     if self._runner.input_sizes(method) != sizes:
                         raise ValueError(f"its {method} method takes {self._runner.input_sizes(method)}, "
                                          f"the metadata says {sizes}")
-                self.counts(np.zeros((self.meta.window_samples, self.n_channels), np.float32))
                 self.step_batch(np.zeros((1, self.n_channels), np.float32), self.initial_state())
         except (RuntimeError, ValueError) as exc:  # RunnerError is a RuntimeError; every message is one line
             reason = " ".join(str(exc).split())
@@ -115,6 +116,12 @@ class ExecuTorchClassifier:
         return self.meta.name
 
     def counts(self, window: np.ndarray) -> np.ndarray:
+        if not self._runner.is_loaded("forward"):
+            try:
+                with native_stderr_silenced():
+                    self._runner.load_method("forward")
+            except RuntimeError as exc:
+                raise ModelFileError(f"{self.path}: ExecuTorch cannot load it ({' '.join(str(exc).split())})") from exc
         return self._runner.run("forward", [np.ascontiguousarray(window, dtype=np.float32)])[0]
 
     def initial_state(self, batch: int = 1) -> list[np.ndarray]:

@@ -46,8 +46,12 @@ NB_MODULE(_runner, m) {
   nb::exception<RunnerError>(m, "RunnerError", PyExc_RuntimeError);
 
   nb::class_<Runner>(m, "Runner")
-      .def(nb::init<const std::string&>(), nb::arg("path"),
-           "Load, verify and plan every method of the program at `path` (RunnerError if it cannot).")
+      .def(nb::init<const std::string&, const std::vector<std::string>&>(), nb::arg("path"),
+           nb::arg("preload") = std::vector<std::string>{},
+           "Load and verify the program at `path` and plan the methods in `preload` (all when empty); RunnerError "
+           "if it cannot. Other methods are planned on first use.")
+      .def("load_method", &Runner::load_method, nb::arg("method"))
+      .def("is_loaded", &Runner::is_loaded, nb::arg("method"))
       .def_prop_ro("method_names",
                    [](const Runner& r) {
                      std::vector<std::string> names;

@@ -78,7 +78,7 @@ struct Runner::Impl {
   std::unique_ptr<Module> module;
 };
 
-Runner::Runner(const std::string& path) : impl_(std::make_unique<Impl>()) {
+Runner::Runner(const std::string& path, const std::vector<std::string>& preload) : impl_(std::make_unique<Impl>()) {
   et::runtime_init();
   {
     std::ifstream probe(path, std::ios::binary);
@@ -96,16 +96,6 @@ Runner::Runner(const std::string& path) : impl_(std::make_unique<Impl>()) {
   std::vector<std::string> sorted(names->begin(), names->end());
   std::sort(sorted.begin(), sorted.end());
   for (const auto& name : sorted) {
-    {
-      // XNNPACK takes its thread pool when a delegate is initialised; with this guard it gets none and
-      // runs every operator on the calling thread. A step is microseconds of arithmetic: handing it to
-      // pool threads costs more than it saves, and on a busy machine each hand-over waits for a core.
-      ::executorch::extension::threadpool::NoThreadPoolGuard single_threaded;
-      err = impl_->module->load_method(name);
-    }
-    if (err != et::Error::Ok) {
-      throw RunnerError("method '" + name + "' cannot be loaded (" + describe(err) + ")");
-    }
     auto meta = impl_->module->method_meta(name);
     if (!meta.ok()) throw RunnerError("method '" + name + "' has no metadata (" + describe(meta.error()) + ")");
     MethodInfo info{name, {}, {}};
@@ -125,7 +115,26 @@ Runner::Runner(const std::string& path) : impl_(std::make_unique<Impl>()) {
     }
     methods_.push_back(std::move(info));
   }
+  for (const auto& name : preload.empty() ? sorted : preload) load_method(name);
 }
+
+void Runner::load_method(const std::string& name) {
+  method(name);  // a one-line error for a method the program lacks
+  if (impl_->module->is_method_loaded(name)) return;
+  et::Error err;
+  {
+    // XNNPACK takes its thread pool when a delegate is initialised; with this guard it gets none and
+    // runs every operator on the calling thread. A step is microseconds of arithmetic: handing it to
+    // pool threads costs more than it saves, and on a busy machine each hand-over waits for a core.
+    ::executorch::extension::threadpool::NoThreadPoolGuard single_threaded;
+    err = impl_->module->load_method(name);
+  }
+  if (err != et::Error::Ok) {
+    throw RunnerError("method '" + name + "' cannot be loaded (" + describe(err) + ")");
+  }
+}
+
+bool Runner::is_loaded(const std::string& name) const { return impl_->module->is_method_loaded(name); }
 
 Runner::~Runner() = default;
 
@@ -141,6 +150,7 @@ const MethodInfo& Runner::method(const std::string& name) const {
 namespace {
 
 std::vector<et::EValue> execute(Module& module, const MethodInfo& info, const std::vector<TensorView>& inputs) {
+  // Loaded by the caller (Runner::run), so this only checks shapes and runs.
   if (inputs.size() != info.input_sizes.size()) {
     throw RunnerError("method '" + info.name + "' takes " + std::to_string(info.input_sizes.size()) +
                       " inputs, got " + std::to_string(inputs.size()));
@@ -182,6 +192,7 @@ std::vector<int64_t> sizes_of(const ::executorch::aten::Tensor& t) {
 std::vector<std::vector<int64_t>> Runner::run(const std::string& method_name, const std::vector<TensorView>& inputs,
                                               const std::vector<TensorView>& outputs) {
   const MethodInfo& info = method(method_name);
+  load_method(method_name);
   auto values = execute(*impl_->module, info, inputs);
   if (outputs.size() != values.size()) {
     throw RunnerError("method '" + info.name + "' returns " + std::to_string(values.size()) + " outputs, " +
@@ -204,6 +215,7 @@ std::vector<std::vector<int64_t>> Runner::run(const std::string& method_name, co
 std::vector<std::pair<std::vector<float>, std::vector<int64_t>>> Runner::run(const std::string& method_name,
                                                                             const std::vector<TensorView>& inputs) {
   const MethodInfo& info = method(method_name);
+  load_method(method_name);
   auto values = execute(*impl_->module, info, inputs);
   std::vector<std::pair<std::vector<float>, std::vector<int64_t>>> out;
   for (const auto& v : values) {

@@ -31,15 +31,18 @@ struct MethodInfo {
 
 class Runner {
  public:
-  // Loads and verifies the program; every method is loaded (planned, delegates initialised) at once,
-  // so a program that cannot run fails here rather than on its first call.
-  explicit Runner(const std::string& path);
+  // Loads and verifies the program, and loads (plans, initialises the delegates of) the methods named in
+  // `preload` — every method when it is empty — so a program that cannot run them fails here rather than
+  // on a first call. Any other method is loaded on its first `run`.
+  explicit Runner(const std::string& path, const std::vector<std::string>& preload = {});
   ~Runner();
   Runner(const Runner&) = delete;
   Runner& operator=(const Runner&) = delete;
 
   const std::vector<MethodInfo>& methods() const { return methods_; }
   const MethodInfo& method(const std::string& name) const;
+  void load_method(const std::string& name);
+  bool is_loaded(const std::string& name) const;
 
   // Runs `method` on float32 inputs and copies each output into `outputs[i]` (which must hold
   // room for it); returns the outputs' actual sizes. The inputs are read in place.
