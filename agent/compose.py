@@ -125,7 +125,7 @@ def build_agent(settings: Settings, *, sources: Sequence[Source] | None = None,
 def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[Source] | None,
            classifier: ExecuTorchClassifier | None, publish: bool, on_decision: Callable[[dict, str], None] | None,
            on_delivered: Callable[[str, str, float], None] | None, say: Callable[[str], None]) -> AgentApp:
-    from l2mu.agent.runtime import resolve_model, single_threaded_kernels
+    from l2mu.agent.runtime import resolve_model
     from l2mu.agent.smoothing import make_smoother
 
     s = settings
@@ -151,7 +151,6 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
     stack.callback(notifier.close)
     notifier.status("loading model")
     if classifier is None:
-        single_threaded_kernels()  # before any program loads: a window is too small to share out among threads
         classifier = ExecuTorchClassifier(resolve_model(s.model))
     agent_id = s.agent_id or default_agent_id()
 

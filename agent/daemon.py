@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from l2mu.agent.events import Sample, StreamGap, WatchConnected
 from l2mu.agent.pipeline import StreamAligner, Windower, normalise
 from l2mu.agent.runtime import ExecuTorchClassifier, decision_from_counts
@@ -19,7 +21,7 @@ from l2mu.agent.sdnotify import Notifier, watchdog_pings
 from l2mu.agent.settings import DEFAULTS
 from l2mu.agent.smoothing import Smoother, make_smoother
 from l2mu.agent.sources import Source, SourceError
-from l2mu.agent.streaming import StepWindower
+from l2mu.agent.streaming import ChainPool, StepWindower
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ class WatchSession:
     last_progress: float | None = field(default_factory=time.monotonic)
     # The model this watch feeds when it is not the agent's (a watch without the sensors that one needs).
     classifier: ExecuTorchClassifier | None = None
+    # Grid samples (with the arrival time of the source's sample that completed each) and gap restarts
+    # (None) waiting for the next tick, in order.
+    pending: deque = field(default_factory=deque)
+    # Arrival time (the source's `arrival`, monotonic) of the newest sample the decision being made used.
+    arrival: float | None = None
 
     def unix_time(self, t: float) -> float:
         # Map the watch clock onto wall time, anchored at the first sample, scaled by replay speed.
@@ -109,6 +116,9 @@ class Agent:
     failures: dict[str, BaseException] = field(default_factory=dict)  # watch id → why it stopped
     stop_requested: bool = False
     _classifiers: dict[str, ExecuTorchClassifier] = field(default_factory=dict)
+    _pools: dict[int, ChainPool] = field(default_factory=dict)  # id(classifier) → the chains of all its watches
+    _deferred: bool = False  # inside run(): samples queue up and one tick per loop iteration steps them all
+    _tick_scheduled: bool = False
 
     def __post_init__(self) -> None:
         meta = self.classifier.meta
@@ -124,14 +134,21 @@ class Agent:
     def _pipeline(self, clf: ExecuTorchClassifier) -> tuple[StreamAligner, Windower | StepWindower, Smoother]:
         meta = clf.meta
         hop = max(1, round(self.decision_period_s * meta.sample_rate_hz))
-        windower = (StepWindower(clf, meta.window_samples, hop) if self.inference == "step"
+        windower = (StepWindower(clf, meta.window_samples, hop, self._pool(clf)) if self.inference == "step"
                     else Windower(meta.window_samples, hop))
         return (StreamAligner(meta.sensors, meta.sample_rate_hz), windower,
                 make_smoother(self.smoothing, len(meta.classes), self.smoothing_window))
 
+    def _pool(self, clf: ExecuTorchClassifier) -> ChainPool | None:
+        if not hasattr(clf, "part_sizes"):
+            return None  # a stand-in without a program (tests of the main loop); StepWindower makes its own
+        return self._pools.setdefault(id(clf), ChainPool(clf))
+
     def adopt_sensors(self, session: WatchSession, event: WatchConnected) -> None:
         """A live watch connected: feed it a model it has the sensors for (SourceError if there is none)."""
         from l2mu.agent.model_choice import model_for_sensors
+
+        self.tick()  # what the old pipeline holds is decided with the old model
 
         current = session.classifier or self.classifier
         path = model_for_sensors(self.classifier.meta, self.classifier.path, event.sensors, session.source.watch_id)
@@ -148,39 +165,102 @@ class Agent:
             session.aligner, session.windower, session.smoother = self._pipeline(chosen)
 
     def handle_sample(self, session: WatchSession, sample: Sample) -> list[dict]:
-        """Feed one raw sample through the pipeline; returns the decisions it completed."""
+        """Feed one raw sample through the pipeline. Outside `run` the model runs at once and the decisions
+        it completed are returned; inside, the sample waits for this loop iteration's tick (`tick`), which
+        steps every watch's due chains together, and [] is returned."""
         if session.wall0 is None:
             session.wall0, session.t0 = time.time(), sample.t
         if sample.label:
             session.recent_labels.append((sample.t, sample.label))
         grid, gap = session.aligner.push(sample.sensor, sample.t, sample.xyz)
         if gap:
-            session.windower.reset()  # a window never spans a gap
-        payloads = []
+            session.pending.append(None)  # a window never spans a gap
+        if grid:
+            arrival = getattr(session.source, "arrival", None)
+            session.pending.extend((g, arrival) for g in grid)
+        if not session.pending:
+            return []
+        if not self._deferred:
+            return self.tick()
+        if not self._tick_scheduled:
+            self._tick_scheduled = True
+            asyncio.get_running_loop().call_soon(self.tick)
+        return []
+
+    def tick(self) -> list[dict]:
+        """Run the model on everything pending: round by round, each watch's next grid sample; in each
+        round every due chain of every step-path watch advances in one `step` call per model."""
+        self._tick_scheduled = False
+        payloads: list[dict] = []
+        waiting = [s for s in self.sessions if s.pending]
+        while waiting:
+            steps: dict[int, list] = {}  # id(pool) → [(session, grid sample, arrival, rows)]
+            for session in waiting:
+                item = self._next_grid_sample(session)
+                if item is None:
+                    continue
+                g, arrival = item
+                windower = session.windower
+                if isinstance(windower, StepWindower):
+                    steps.setdefault(id(windower.pool), []).append((session, g, arrival, windower.begin(g)))
+                else:
+                    window = windower.push(g)
+                    if window is not None:
+                        payloads.append(self._decide(session, window, arrival))
+            for group in steps.values():
+                payloads.extend(self._step_group(group))
+            waiting = [s for s in waiting if s.pending]
+        return payloads
+
+    @staticmethod
+    def _next_grid_sample(session: WatchSession) -> tuple | None:
+        while session.pending:
+            item = session.pending.popleft()
+            if item is not None:
+                return item
+            session.windower.reset()
+        return None
+
+    def _step_group(self, group: list) -> list[dict]:
+        """One batched step for the due chains of watches sharing one model, then their decisions."""
+        first: StepWindower = group[0][0].windower
+        rows = [r for *_, chain_rows in group for r in chain_rows]
+        counts = None
+        if rows:
+            values = np.stack([g.values for _, g, _, chain_rows in group if chain_rows])
+            x = first.normalised(values)
+            per_watch = [len(chain_rows) for *_, chain_rows in group if chain_rows]
+            counts = first.pool.step(rows, np.repeat(x, per_watch, axis=0))
+        payloads, at = [], 0
+        for session, g, arrival, chain_rows in group:
+            n = len(chain_rows)
+            window = session.windower.end(g, counts[at : at + n] if n else counts)
+            at += n
+            if window is not None:
+                payloads.append(self._decide(session, window, arrival))
+        return payloads
+
+    def _decide(self, session: WatchSession, window, arrival: float | None) -> dict:  # noqa: ANN001
         clf = session.classifier or self.classifier
         meta = clf.meta
-        for g in grid:
-            window = session.windower.push(g)
-            if window is None:
-                continue
-            if window.counts is not None:  # the step path ran the model as the samples came
-                decision = decision_from_counts(window.counts)
-            else:
-                decision = clf.decide(normalise(window.values, meta.norm_mean, meta.norm_std))
-            smoothed = session.smoother.update(decision.probabilities)
-            payload = build_payload(session, clf, window, decision, smoothed)
-            truth = self._truth(session, window.t_start, window.t_end)
-            if truth:
-                session.labelled += 1
-                session.correct += truth == payload["activity"]
-            if self.on_decision:
-                self.on_decision(payload, truth)
-            self.publisher.publish_decision(session.source.watch_id, payload)
-            if self.raw_scores:
-                self.publisher.publish_scores(session.source.watch_id, build_scores_payload(payload, decision))
-            session.seq += 1
-            payloads.append(payload)
-        return payloads
+        if window.counts is not None:  # the step path ran the model as the samples came
+            decision = decision_from_counts(window.counts)
+        else:
+            decision = clf.decide(normalise(window.values, meta.norm_mean, meta.norm_std))
+        session.arrival = arrival
+        smoothed = session.smoother.update(decision.probabilities)
+        payload = build_payload(session, clf, window, decision, smoothed)
+        truth = self._truth(session, window.t_start, window.t_end)
+        if truth:
+            session.labelled += 1
+            session.correct += truth == payload["activity"]
+        if self.on_decision:
+            self.on_decision(payload, truth)
+        self.publisher.publish_decision(session.source.watch_id, payload)
+        if self.raw_scores:
+            self.publisher.publish_scores(session.source.watch_id, build_scores_payload(payload, decision))
+        session.seq += 1
+        return payload
 
     @staticmethod
     def _truth(session: WatchSession, t0: float, t1: float) -> str:
@@ -205,6 +285,7 @@ class Agent:
                         await asyncio.sleep(0)  # unpaced replay must still let signals and other watches in
         finally:
             session.last_progress = None  # an ended source is not a stalled one
+            self.tick()  # what it delivered before it ended is still decided
 
     def healthy(self, now: float | None = None) -> bool:
         """True while every watch still streaming delivered a sample within the stall limit."""
@@ -220,6 +301,7 @@ class Agent:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._deferred = True
         tasks = [asyncio.create_task(self._run_watch(s), name=s.source.watch_id) for s in self.sessions]
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -246,3 +328,5 @@ class Agent:
                 await asyncio.gather(watchdog, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            self._deferred = False
+            self.tick()

@@ -35,7 +35,6 @@ from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import i0
 
 FILTER_ABOVE = 1.2  # × grid rate; at or below it the stream is interpolated unfiltered
 CUTOFF_FRACTION = 0.45  # × grid rate: −6 dB point of the low-pass (9 Hz for a 20 Hz grid)
@@ -151,7 +150,7 @@ class SensorStream:
         a, b = max(lo - 1, 0), min(hi + 1, len(t))
         share = np.gradient(t[a:b])[lo - a : hi - a]
         tau = (t[lo:hi] - g) / self.half_width
-        taper = i0(KAISER_BETA * np.sqrt(np.clip(1.0 - tau * tau, 0.0, None)))
+        taper = np.i0(KAISER_BETA * np.sqrt(np.clip(1.0 - tau * tau, 0.0, None)))
         w = np.sinc(2.0 * self.cutoff_hz * self.half_width * tau) * taper * share
         return (w @ v[lo:hi]) / w.sum()
 

@@ -1,4 +1,7 @@
-"""Load an exported model (.pte + metadata) and run it with the ExecuTorch runtime."""
+"""Load an exported model (.pte + metadata) and run it with the agent's native ExecuTorch runner.
+
+No PyTorch here, nor the executorch Python package: the runner (l2mu.agent.native) links ExecuTorch's
+C++ runtime and XNNPACK delegate, shipped inside this package."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from l2mu.model.metadata import ModelFileError, ModelMetadata, read_metadata
 
@@ -46,9 +48,8 @@ def resolve_model(name_or_path: str | None) -> Path:
 
 @contextmanager
 def native_stderr_silenced() -> Iterator[None]:
-    """Importing the runtime makes torchao warn about GPU kernels it cannot load, and loading a
-    method makes XNNPACK's CPU probe print to fd 2: noise in a service log. Failures still
-    surface as exceptions, which callers turn into one-line errors."""
+    """Loading a program makes the runtime log each failure on fd 2 (and XNNPACK probe the CPU there):
+    noise in a service log. Failures still surface as exceptions, which callers turn into one-line errors."""
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -60,30 +61,13 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def single_threaded_kernels() -> None:
-    """Run ExecuTorch's kernels on the calling thread instead of its pool (one worker per core).
-
-    One window is a few hundred thousand multiply-adds: splitting it across threads costs more in
-    hand-overs than it saves, and on a busy machine every hand-over waits for a core. Measured with
-    the bundled model on 2 cores shared with training jobs: 5.4 ms → 0.95 ms per decision (median).
-    The pool cannot be resized under loaded programs (it corrupts memory), so this must run before
-    the first program is loaded in the process: the agent's entry points call it first thing.
-    """
-    with native_stderr_silenced():  # the runtime announces the resize on stderr
-        runtime = executorch_bindings()
-        if runtime._threadpool_get_thread_count() != 1:
-            runtime._unsafe_reset_threadpool(1)
-
-
-def executorch_bindings():  # noqa: ANN201 - a native extension module
-    """The ExecuTorch C++ runtime's Python bindings, without the compiler.
-
-    `executorch.runtime` and `portable_lib` import `executorch.exir` (the whole export toolchain and
-    torchao) on the way: 140 MB more resident memory and seconds of start-up for an agent that only
-    runs programs. The bindings themselves need only libtorch, which this module's `import torch` loaded."""
-    from executorch.extension.pybindings import _C
-
-    return _C
+def native_runner():  # noqa: ANN201 - a native extension module
+    """The agent's own ExecuTorch runner (l2mu.agent.native), or a one-line error naming the fix."""
+    try:
+        from l2mu.agent.native import _runner
+    except ImportError as exc:
+        raise ModelFileError(f"the native ExecuTorch runner is not built ({exc}); run ./scripts/setup") from exc
+    return _runner
 
 
 @dataclass
@@ -95,27 +79,36 @@ class Decision:
 
 
 class ExecuTorchClassifier:
-    """An exported program: `forward` (one normalised window [T, C] → spike counts per class) and
-    `step` (one normalised sample [C] + flat state [S] → counts so far [K] + new state [S])."""
+    """An exported program in the native runner: `forward` (one normalised window [T, C] → spike counts
+    per class) and `step` (normalised samples [B, C] and each chain's state → counts so far [B, K] and the
+    new state, for B independent chains in one call). A state is a list of arrays [B, n], one per part of
+    the metadata's `state` layout, the counts first. XNNPACK runs on the calling thread."""
 
     def __init__(self, program_path: Path) -> None:
         self.path = Path(program_path)
         self.meta: ModelMetadata = read_metadata(self.path)
-        if not self.meta.state or self.meta.state[0].get("name") != "counts" or "offset" not in self.meta.state[0]:
+        if (not self.meta.state or self.meta.state[0].get("name") != "counts" or "offset" not in self.meta.state[0]
+                or self.meta.step_batch_max < 1):
             raise ModelFileError(f"{self.path}: exported by an older l2mu-agent (its step method takes another "
                                  "state); export it again with `l2mu-agent export`")
-        self._zero_state = torch.zeros(sum(part["size"] for part in self.meta.state))
+        self.part_sizes = [int(part["size"]) for part in self.meta.state]
+        self.n_channels = len(self.meta.channels)
+        self.batch_max = self.meta.step_batch_max
+        runtime = native_runner()
         try:
             with native_stderr_silenced():
-                runtime = executorch_bindings()
-                self._program = runtime._load_program(
-                    str(self.path), program_verification=runtime.Verification.InternalConsistency)
-                self._forward = self._program.load_method("forward")
-                self._step = self._program.load_method("step")
-                self._forward([torch.zeros(self.meta.window_samples, len(self.meta.channels))])
-                self._step([torch.zeros(len(self.meta.channels)), self._zero_state])
-        except Exception as exc:  # the runtime raises RuntimeError/ValueError for bad flatbuffers
-            reason = " ".join(str(exc).split())  # one line, whatever the runtime's message looks like
+                # `step` is what the agent runs; `forward` (evaluation, the window path) is planned on first
+                # use: its 40 unrolled time steps are most of a loaded program's memory.
+                self._runner = runtime.Runner(str(self.path), ["step"])
+                expected = {"forward": [[self.meta.window_samples, self.n_channels]],
+                            "step": [[self.batch_max, n] for n in (self.n_channels, *self.part_sizes)]}
+                for method, sizes in expected.items():
+                    if self._runner.input_sizes(method) != sizes:
+                        raise ValueError(f"its {method} method takes {self._runner.input_sizes(method)}, "
+                                         f"the metadata says {sizes}")
+                self.step_batch(np.zeros((1, self.n_channels), np.float32), self.initial_state())
+        except (RuntimeError, ValueError) as exc:  # RunnerError is a RuntimeError; every message is one line
+            reason = " ".join(str(exc).split())
             raise ModelFileError(f"{self.path}: ExecuTorch cannot load it ({reason})") from exc
 
     @property
@@ -123,17 +116,37 @@ class ExecuTorchClassifier:
         return self.meta.name
 
     def counts(self, window: np.ndarray) -> np.ndarray:
-        out = self._forward([torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))])
-        return out[0].numpy()
+        if not self._runner.is_loaded("forward"):
+            try:
+                with native_stderr_silenced():
+                    self._runner.load_method("forward")
+            except RuntimeError as exc:
+                raise ModelFileError(f"{self.path}: ExecuTorch cannot load it ({' '.join(str(exc).split())})") from exc
+        return self._runner.run("forward", [np.ascontiguousarray(window, dtype=np.float32)])[0]
 
-    def initial_state(self) -> torch.Tensor:
-        """The zero state a window starts from (`step` returns a new state, it never writes this one)."""
-        return self._zero_state
+    def initial_state(self, batch: int = 1) -> list[np.ndarray]:
+        """Zero states of `batch` chains: where every window's chain starts."""
+        return [np.zeros((batch, n), np.float32) for n in self.part_sizes]
 
-    def step(self, sample: np.ndarray, state: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """(counts so far, new state) after one normalised sample [C]."""
-        counts, new_state = self._step([torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)), state])
-        return counts.numpy(), new_state
+    def step_batch(self, samples: np.ndarray, state: list[np.ndarray],
+                   out: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One normalised sample [B, C] for each of B chains: (counts so far [B, K], new state).
+
+        All arrays C-contiguous float32. With `out` (one array per part, at least [B, n] each; it may be
+        `state` itself, which is read first) the new state is written there and `out` returned."""
+        if len(samples) > self.batch_max:
+            raise ValueError(f"{len(samples)} chains in one step; this program takes at most {self.batch_max}")
+        if out is None:
+            new_state = self._runner.run("step", [samples, *state])
+        else:
+            self._runner.run_into("step", [samples, *state], out)
+            new_state = out
+        return new_state[0], new_state
+
+    def step(self, sample: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(counts so far [K], new state) after one normalised sample [C] of one chain."""
+        counts, new_state = self.step_batch(np.ascontiguousarray(sample, dtype=np.float32)[None], state)
+        return counts[0], new_state
 
     def decide(self, window: np.ndarray) -> Decision:
         return decision_from_counts(self.counts(window))

@@ -1,8 +1,10 @@
 """`l2mu-agent bench`: one model in four runtimes — window and step latency, file size, resident memory.
 
 Runtimes: `eager` (the snnTorch network in PyTorch, as trained: the paper's eager baseline),
-`executorch_fp32` and `executorch_int8` (the agent's programs, XNNPACK) and `onnxruntime` (the same
-graphs exported to ONNX, the paper's deployment runtime; comparison only).
+`executorch_fp32` (the program through ExecuTorch's own Python bindings, which link libtorch),
+`executorch_native` (the same program through the agent's native runner, l2mu.agent.native: what the
+agent runs) and `onnxruntime` (the same graphs exported to ONNX, the paper's deployment runtime;
+comparison only).
 
 Method: every runtime runs on one thread (PyTorch intra-op threads, ExecuTorch's pool, ONNX Runtime's
 intra-op pool, all 1; ONNX Runtime with every graph optimisation on). Inputs are seeded standard-normal
@@ -10,6 +12,11 @@ normalised samples: every operation is dense, so latency does not depend on the 
 timed alone (perf_counter_ns) after a warm-up that is not recorded; `step` feeds its own output state
 back, restarting from zero every window as the agent's chains do. `rss_mb` is the resident set of a
 fresh process that imports only that runtime and loads only that model (both methods, each run once).
+
+`executorch_native` adds what the agent's ticks do: `batched_step_us_per_chain` — one `step` call
+advancing B chains (B = 1, 8, 64), its median divided by B, through the agent's own `ChainPool` (gather,
+step, scatter) — and `cold_start_ms`, a fresh process's time from its start until the model is loaded
+and both methods ran once (interpreter and imports included; `load_ms` is the load alone).
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import numpy as np
 
 from l2mu.model.metadata import ModelMetadata, read_metadata
 
-RUNTIMES = ("eager", "executorch_fp32", "executorch_int8", "onnxruntime")
+RUNTIMES = ("eager", "executorch_fp32", "executorch_native", "onnxruntime")
 THREADS = 1
+BATCHES = (1, 8, 64)
 
 
 class BenchError(RuntimeError):
@@ -41,19 +49,14 @@ class BenchError(RuntimeError):
 class BenchFiles:
     checkpoint: Path
     fp32: Path
-    int8: Path
     onnx: Path  # the window graph; the step graph is beside it (l2mu.export.onnx_export.onnx_paths)
     built: list[str]  # which of them were made for this run
 
 
-def int8_path(fp32: Path) -> Path:
-    return fp32.with_name(f"{fp32.stem}-int8.pte")
-
-
-def locate_files(fp32: Path, workdir: Path, checkpoint: Path | None = None, int8: Path | None = None,
-                 data: Path | None = None, log: Callable[[str], None] = print) -> BenchFiles:
-    """The model in every runtime's format: beside the fp32 program (NAME.pt, NAME-int8.pte, NAME.onnx),
-    given explicitly, or made now into `workdir` (int8 needs `data` for calibration)."""
+def locate_files(fp32: Path, workdir: Path, checkpoint: Path | None = None,
+                 log: Callable[[str], None] = print) -> BenchFiles:
+    """The model in every runtime's format: beside the program (NAME.pt, NAME.onnx), given explicitly, or
+    (the ONNX graphs) made now into `workdir`."""
     from l2mu.export.onnx_export import onnx_paths
     from l2mu.model.checkpoint import load_checkpoint
 
@@ -61,30 +64,15 @@ def locate_files(fp32: Path, workdir: Path, checkpoint: Path | None = None, int8
     if not checkpoint.is_file():
         raise BenchError(f"{checkpoint}: the eager checkpoint is needed beside the program (or give --checkpoint)")
     built = []
-    ckpt = None
-    int8 = int8 or int8_path(fp32)
-    if not int8.is_file():
-        if data is None:
-            raise BenchError(f"{int8}: no int8 program; make one with `l2mu-agent export --quantize int8 --data DIR "
-                             f"--checkpoint {checkpoint} --out {int8}`, or give --data to make it now")
-        from l2mu.export.data import calibration_windows
-        from l2mu.export.executorch_export import export_program
-
-        ckpt = load_checkpoint(checkpoint)
-        int8 = workdir / int8.name
-        log(f"making {int8} (int8, calibrated on training subjects; minutes) ...")
-        export_program(ckpt, int8, quantize="int8", calibration=calibration_windows(data, ckpt.metadata))
-        built.append("executorch_int8")
     onnx = fp32.with_suffix(".onnx")
     if not all(p.is_file() for p in onnx_paths(onnx).values()):
         from l2mu.export.onnx_export import export_onnx
 
-        ckpt = ckpt or load_checkpoint(checkpoint)
         onnx = workdir / onnx.name
         log(f"making {onnx} and its step graph ...")
-        export_onnx(ckpt, onnx)
+        export_onnx(load_checkpoint(checkpoint), onnx)
         built.append("onnxruntime")
-    return BenchFiles(checkpoint, fp32, int8, onnx, built)
+    return BenchFiles(checkpoint, fp32, onnx, built)
 
 
 def _summary(seconds: list[float], scale: float) -> tuple[float, float]:
@@ -140,11 +128,91 @@ def _eager(files: BenchFiles) -> tuple[Callable, Callable, Callable, int]:
     return window, step, lambda: net.initial_state(1), files.checkpoint.stat().st_size
 
 
+class PyBindingsProgram:
+    """The program through ExecuTorch's Python bindings (torch tensors in and out), for comparison."""
+
+    def __init__(self, path: Path) -> None:
+        import torch
+
+        from l2mu.agent.runtime import native_stderr_silenced
+
+        meta = read_metadata(path)
+        self._torch = torch
+        self._sizes = [p["size"] for p in meta.state]
+        with native_stderr_silenced():
+            runtime = executorch_bindings()
+            self._program = runtime._load_program(str(path),
+                                                  program_verification=runtime.Verification.InternalConsistency)
+            self._forward = self._program.load_method("forward")
+            self._step = self._program.load_method("step")
+
+    def counts(self, window: np.ndarray) -> np.ndarray:
+        return self._forward([self._torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))])[0].numpy()
+
+    def initial_state(self) -> list:
+        return [self._torch.zeros(1, n) for n in self._sizes]
+
+    def step(self, sample: np.ndarray, state: list) -> tuple[np.ndarray, list]:
+        new_state = self._step([self._torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))[None], *state])
+        return new_state[0].numpy()[0], list(new_state)
+
+
+def executorch_bindings():  # noqa: ANN201 - a native extension module
+    """ExecuTorch's C++ runtime's Python bindings with XNNPACK on one thread, without the compiler.
+
+    `executorch.runtime` and `portable_lib` import `executorch.exir` (the whole export toolchain and torchao)
+    on the way; the bindings themselves need only libtorch. The pool cannot be resized under loaded programs
+    (it corrupts memory), so the resize happens before the first program is loaded."""
+    import torch  # noqa: F401 - the bindings link libtorch, which this loads
+    from executorch.extension.pybindings import _C
+
+    from l2mu.agent.runtime import native_stderr_silenced
+
+    with native_stderr_silenced():  # the runtime announces the resize on stderr
+        if _C._threadpool_get_thread_count() != 1:
+            _C._unsafe_reset_threadpool(1)
+    return _C
+
+
 def _executorch(path: Path) -> tuple[Callable, Callable, Callable, int]:
+    prog = PyBindingsProgram(path)
+    return prog.counts, prog.step, prog.initial_state, path.stat().st_size
+
+
+def _native(path: Path) -> tuple[Callable, Callable, Callable, int]:
     from l2mu.agent.runtime import ExecuTorchClassifier
 
     clf = ExecuTorchClassifier(path)
     return clf.counts, clf.step, clf.initial_state, path.stat().st_size
+
+
+def time_batched_steps(path: Path, samples: np.ndarray, n_calls: int, warmup: int,
+                       batches: tuple[int, ...] = BATCHES) -> dict:
+    """Median and p99 µs per chain of one batched `step` through the agent's ChainPool, for each B."""
+    from l2mu.agent.runtime import ExecuTorchClassifier
+    from l2mu.agent.streaming import ChainPool
+
+    clf = ExecuTorchClassifier(path)
+    window_len = clf.meta.window_samples
+    clock = time.perf_counter_ns
+    out: dict[str, dict] = {}
+    for b in batches:
+        pool = ChainPool(clf, rows=b)
+        rows = [pool.acquire() for _ in range(b)]
+        times: list[float] = []
+        for i in range(warmup + n_calls):
+            if i % window_len == 0:  # every chain restarts at its window start, as in the agent
+                for r in rows:
+                    pool.release(r)
+                rows = [pool.acquire() for _ in range(b)]
+            x = np.ascontiguousarray(np.resize(samples[i % len(samples)], (b, samples.shape[1])))
+            t0 = clock()
+            pool.step(rows, x)
+            if i >= warmup:
+                times.append((clock() - t0) * 1e-9 / b)
+        med, p99 = _summary(times, 1e6)
+        out[str(b)] = {"median": med, "p99": p99}
+    return out
 
 
 def _onnxruntime(files: BenchFiles, meta: ModelMetadata) -> tuple[Callable, Callable, Callable, int]:
@@ -166,10 +234,20 @@ with torch.inference_mode():
     net.step(torch.zeros(1, len(m.channels)), *net.initial_state(1))
 """,
     "executorch": """
-import sys
-from l2mu.agent.runtime import ExecuTorchClassifier, single_threaded_kernels
-single_threaded_kernels()
-ExecuTorchClassifier(sys.argv[1])  # loads both methods and runs each once
+import sys, numpy as np
+from l2mu.export.bench import PyBindingsProgram
+from l2mu.model.metadata import read_metadata
+m = read_metadata(sys.argv[1]); p = PyBindingsProgram(sys.argv[1])
+p.counts(np.zeros((m.window_samples, len(m.channels)), np.float32))
+p.step(np.zeros(len(m.channels), np.float32), p.initial_state())
+""",
+    "native": """
+import sys, time
+from l2mu.agent.runtime import ExecuTorchClassifier
+t0 = time.monotonic()
+ExecuTorchClassifier(sys.argv[1])  # loads and plans both methods and runs each once
+print("LOAD_MS", (time.monotonic() - t0) * 1e3)
+print("READY_AT", time.monotonic())
 """,
     "onnxruntime": """
 import sys, numpy as np, onnxruntime as ort
@@ -177,7 +255,9 @@ o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.inter_op_num_threads = 1
 o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 for p in sys.argv[1:]:
     s = ort.InferenceSession(p, o, providers=["CPUExecutionProvider"])
-    s.run(None, {i.name: np.zeros(i.shape, np.float32) for i in s.get_inputs()})
+    # A symbolic dimension (the step graph's batch) is named, not sized: one chain.
+    s.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                 for i in s.get_inputs()})
 """,
 }
 _RSS_REPORT = """
@@ -187,15 +267,28 @@ print("RSS_KB", status["VmRSS"].split()[0], status["VmHWM"].split()[0])
 
 
 def rss_mb(kind: str, args: list[str]) -> dict:
-    """Resident memory (MB) of a fresh process that loaded only this runtime and model: now and at its peak."""
+    """Resident memory (MB) of a fresh process that loaded only this runtime and model: now and at its peak
+    (and, for the native runner, its cold start: process start → model loaded and run, and the load alone)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    t0 = time.monotonic()  # CLOCK_MONOTONIC: one clock for this process and the child
     proc = subprocess.run([sys.executable, "-c", _RSS_CHILD[kind] + _RSS_REPORT, *args], capture_output=True,
                           text=True, timeout=300, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RSS_KB")), None)
     if proc.returncode != 0 or line is None:
         raise BenchError(f"memory probe for {kind} failed: {proc.stderr.strip().splitlines()[-1:]}")
     now, peak = (int(v) / 1024 for v in line.split()[1:])
-    return {"rss_mb": round(now, 1), "rss_peak_mb": round(peak, 1)}
+    result = {"rss_mb": round(now, 1), "rss_peak_mb": round(peak, 1)}
+    load = next((ln for ln in proc.stdout.splitlines() if ln.startswith("LOAD_MS")), None)
+    if load is not None:
+        # The child's own clock stops before it measures its memory; the parent's includes interpreter start-up.
+        result["load_ms"] = round(float(load.split()[1]), 2)
+        result["cold_start_ms"] = round(_started_to_loaded_ms(proc.stdout, t0), 1)
+    return result
+
+
+def _started_to_loaded_ms(stdout: str, t0: float) -> float:
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("READY_AT"))
+    return (float(line.split()[1]) - t0) * 1e3
 
 
 def _machine() -> dict:
@@ -210,20 +303,19 @@ def _versions() -> dict:
     return {"python": platform.python_version(), **{p: version(p) for p in ("torch", "executorch", "onnxruntime")}}
 
 
-def run_model_bench(model: str | None = None, repeats: int = 500, checkpoint: Path | None = None,
-                    int8: Path | None = None, data: Path | None = None, seed: int = 0,
+def run_model_bench(model: str | None = None, repeats: int = 500, checkpoint: Path | None = None, seed: int = 0,
                     log: Callable[[str], None] = print) -> dict:
     """The benchmark of one model (a bundled name or a .pte path): one JSON-ready dict."""
-    from l2mu.agent.runtime import resolve_model, single_threaded_kernels
+    from l2mu.agent.runtime import resolve_model
 
     if repeats < 1:
         raise ValueError("--repeats must be at least 1")
-    single_threaded_kernels()  # before any program loads (the pool cannot be resized afterwards)
+    executorch_bindings()  # its pool on one thread before any program loads (it cannot be resized afterwards)
     import torch
 
     torch.set_num_threads(THREADS)
     fp32 = resolve_model(model)
-    meta = read_metadata(fp32)
+    meta = read_metadata(fp32)  # a corrupt or truncated program is refused before anything runs
     machine = _machine()
     n_windows, n_steps = repeats, 10 * repeats
     warm_w, warm_s = max(10, repeats // 10), max(100, n_steps // 10)
@@ -231,9 +323,7 @@ def run_model_bench(model: str | None = None, repeats: int = 500, checkpoint: Pa
     windows = rng.standard_normal((16, meta.window_samples, len(meta.channels))).astype(np.float32)
     samples = rng.standard_normal((4 * meta.window_samples, len(meta.channels))).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="l2mu-bench-") as tmp:
-        files = locate_files(fp32, Path(tmp), checkpoint, int8, data, log)
-        for path in (files.fp32, files.int8):
-            read_metadata(path)  # a corrupt or truncated program is refused before anything runs
+        files = locate_files(fp32, Path(tmp), checkpoint, log)
         results: dict[str, dict] = {}
         for kind in RUNTIMES:
             log(f"timing {kind} ...")
@@ -241,25 +331,30 @@ def run_model_bench(model: str | None = None, repeats: int = 500, checkpoint: Pa
                 window_fn, step_fn, init, size = _eager(files)
             elif kind == "onnxruntime":
                 window_fn, step_fn, init, size = _onnxruntime(files, meta)
+            elif kind == "executorch_native":
+                window_fn, step_fn, init, size = _native(files.fp32)
             else:
-                window_fn, step_fn, init, size = _executorch(files.fp32 if kind == "executorch_fp32" else files.int8)
+                window_fn, step_fn, init, size = _executorch(files.fp32)
             timing = time_runtime(window_fn, step_fn, init, windows, samples, n_windows, n_steps, warm_w, warm_s)
             results[kind] = {**timing, "file_bytes": size}
+        log("timing executorch_native batched steps ...")
+        results["executorch_native"]["batched_step_us_per_chain"] = time_batched_steps(
+            files.fp32, samples, n_calls=max(20, n_steps // 10), warmup=max(10, warm_s // 10))
         from l2mu.export.onnx_export import onnx_paths
 
         probes = {"eager": ("eager", [str(files.checkpoint)]),
                   "executorch_fp32": ("executorch", [str(files.fp32)]),
-                  "executorch_int8": ("executorch", [str(files.int8)]),
+                  "executorch_native": ("native", [str(files.fp32)]),
                   "onnxruntime": ("onnxruntime", [str(p) for p in onnx_paths(files.onnx).values()])}
         for kind, (child, args) in probes.items():
             log(f"measuring the memory of {kind} ...")
             results[kind].update(rss_mb(child, args))
-        file_names = {"checkpoint": files.checkpoint.name, "executorch_fp32": files.fp32.name,
-                      "executorch_int8": files.int8.name,
+        file_names = {"checkpoint": files.checkpoint.name, "executorch": files.fp32.name,
                       "onnxruntime": [p.name for p in onnx_paths(files.onnx).values()],
                       "made_for_this_run": files.built}
     machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
-    et, ort, eager = (results[k]["window_ms_median"] for k in ("executorch_fp32", "onnxruntime", "eager"))
+    native, pyb, ort, eager = (results[k]["window_ms_median"]
+                               for k in ("executorch_native", "executorch_fp32", "onnxruntime", "eager"))
     return {
         "model": meta.name,
         "window_samples": meta.window_samples,
@@ -267,12 +362,14 @@ def run_model_bench(model: str | None = None, repeats: int = 500, checkpoint: Pa
         "threads": THREADS,
         "repeats": {"windows": n_windows, "steps": n_steps, "warmup_windows": warm_w, "warmup_steps": warm_s},
         "inputs": f"seeded standard-normal normalised samples (seed {seed})",
-        "rss_mb": results["executorch_fp32"]["rss_mb"],
+        "rss_mb": results["executorch_native"]["rss_mb"],
         "runtimes": results,
         "ratios": {
-            "executorch_fp32_window_over_onnxruntime": round(et / ort, 4),
-            "executorch_fp32_window_over_eager": round(et / eager, 4),
+            "executorch_native_window_over_onnxruntime": round(native / ort, 4),
+            "executorch_fp32_window_over_onnxruntime": round(pyb / ort, 4),
+            "executorch_fp32_window_over_eager": round(pyb / eager, 4),
         },
+        "int8": "no int8 program: removed, it cannot pay here (MODEL.md, \"int8\")",
         "files": file_names,
         "machine": machine,
         "versions": _versions(),

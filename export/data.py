@@ -48,13 +48,3 @@ def raw_windows(data: Path, meta: ModelMetadata, subjects: Sequence[int], hop: i
     if len(x) == 0:
         raise wisdm.DatasetError(f"{data}: no windows of {', '.join(meta.classes)} for subjects {list(subjects)}")
     return x, y
-
-
-def calibration_windows(data: Path, meta: ModelMetadata, limit: int = 512, seed: int = 0,
-                        subjects: Sequence[int] | None = None) -> np.ndarray:
-    """Normalised training-subject windows for int8 calibration, an even sample of at most `limit`."""
-    train = [s for s in subjects if s not in TEST_SUBJECTS] if subjects else fit_subjects(data, meta)[0]
-    x, _ = raw_windows(data, meta, train, hop=meta.window_samples)
-    if len(x) > limit:
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), limit, replace=False))]
-    return normalise_windows(x, meta)

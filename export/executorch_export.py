@@ -17,16 +17,13 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from l2mu.export.programs import StepCore, build_methods, example_inputs, state_layout
+from l2mu.export.programs import STEP_BATCH_MAX, StepCore, build_methods, dynamic_shapes, example_inputs, state_layout
 from l2mu.model.checkpoint import Checkpoint
 from l2mu.model.l2mu import L2MU
 from l2mu.model.metadata import ModelMetadata, write_metadata
-
-QUANTIZE_CHOICES = ("none", "int8")
 
 
 def lower_program(core: nn.Module, net: L2MU, window_samples: int, delegate: bool = True):  # noqa: ANN201
@@ -37,37 +34,26 @@ def lower_program(core: nn.Module, net: L2MU, window_samples: int, delegate: boo
 
     inputs = example_inputs(net, window_samples)
     methods = build_methods(core, net)
+    dynamic = dynamic_shapes(net)
     with torch.no_grad():
-        programs = {name: torch.export.export(m, inputs[name], strict=False) for name, m in methods.items()}
+        programs = {name: torch.export.export(m, inputs[name], dynamic_shapes=dynamic[name], strict=False)
+                    for name, m in methods.items()}
     partitioners = [XnnpackPartitioner()] if delegate else []
     edge = to_edge_transform_and_lower(programs, transform_passes=[CSEPass()], partitioner=partitioners)
     return edge.to_executorch()
 
 
-def export_program(ckpt: Checkpoint, out: Path, quantize: str = "none", calibration: np.ndarray | None = None,
-                   delegate: bool = True) -> ModelMetadata:
+def export_program(ckpt: Checkpoint, out: Path, delegate: bool = True) -> ModelMetadata:
     """Write ``out`` (.pte) and its metadata JSON; returns the metadata written.
 
-    quantize="int8" needs `calibration`: normalised training-subject windows [W, T, C]."""
+    fp32 only: an int8 program cannot pay for itself here (MODEL.md, "int8")."""
     if not isinstance(ckpt.model, L2MU):
         raise ValueError(f"{ckpt.metadata.name}: only L2MU checkpoints export to an agent program")
-    if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
     net = copy.deepcopy(ckpt.model).eval()
     meta = copy.deepcopy(ckpt.metadata)
     pruning = meta.training.get("pruning")
     meta.variant = {"weights": "fp32", **({"pruning": pruning} if pruning else {})}
-    if quantize == "int8":
-        from l2mu.export.quantize import QUANTIZATION, quantize_core
-
-        if calibration is None:
-            raise ValueError("int8 export needs calibration windows (--data)")
-        core: nn.Module = quantize_core(net, calibration)
-        meta.name = f"{meta.name}-int8"
-        meta.variant.update(weights="int8", quantization={**QUANTIZATION, "calibration_windows": len(calibration)})
-    else:
-        core = StepCore(net)
-    program = lower_program(core, net, meta.window_samples, delegate)
+    program = lower_program(StepCore(net), net, meta.window_samples, delegate)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -75,4 +61,5 @@ def export_program(ckpt: Checkpoint, out: Path, quantize: str = "none", calibrat
         program.write_to_file(fh)
     tmp.replace(out)
     meta.state = state_layout(net)
+    meta.step_batch_max = STEP_BATCH_MAX
     return write_metadata(out, meta)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from onnx_ir.passes.common import ClearMetadataAndDocStringPass
 
-from l2mu.export.programs import StepCore, build_methods, example_inputs, state_size
+from l2mu.export.programs import StepCore, build_methods, dynamic_shapes, example_inputs, state_layout
 from l2mu.model.checkpoint import Checkpoint
 from l2mu.model.l2mu import L2MU
 from l2mu.model.metadata import ModelFileError, ModelMetadata
@@ -38,15 +38,17 @@ def export_onnx(ckpt: Checkpoint, out: Path) -> dict[str, Path]:
     core = StepCore(net)
     inputs = example_inputs(net, ckpt.metadata.window_samples)
     methods = build_methods(core, net)
+    parts = [p["name"].replace(".", "_") for p in state_layout(net)]
     specs = {"forward": (methods["forward"], ["window"], ["counts"]),
-             "step": (methods["step"], ["sample", "state"], ["counts", "next_state"])}
+             "step": (methods["step"], ["sample", *parts], [f"next_{p}" for p in parts])}
+    dynamic = dynamic_shapes(net)
     paths = onnx_paths(out)
     paths["forward"].parent.mkdir(parents=True, exist_ok=True)
     for name, (module, in_names, out_names) in specs.items():
         # The exporter narrates every phase on stdout; a command's output is its own.
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             program = torch.onnx.export(module, inputs[name], input_names=in_names, output_names=out_names,
-                                        dynamo=True, optimize=True)
+                                        dynamic_shapes=dynamic[name], dynamo=True, optimize=True)
         # Each node carries its Python stack trace as metadata: 85 % of the file, nothing a runtime reads.
         ClearMetadataAndDocStringPass()(program.model)
         program.save(str(paths[name]), external_data=False)
@@ -77,15 +79,15 @@ class OnnxRuntimeModel:
     def file_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.paths.values())
 
-    def initial_state(self) -> np.ndarray:
-        return np.zeros(state_size(self.meta.state), np.float32)
+    def initial_state(self) -> list[np.ndarray]:
+        """One chain's zero state: the counts, then each part, [1, n] each."""
+        return [np.zeros((1, p["size"]), np.float32) for p in self.meta.state]
 
     def counts(self, window: np.ndarray) -> np.ndarray:
         return self.sessions["forward"].run(None, {self._window_input: np.ascontiguousarray(window, np.float32)})[0]
 
-    def step(self, sample: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(counts so far, new state) after one normalised sample [C]."""
-        sample_name, state_name = self._step_inputs
-        counts, new_state = self.sessions["step"].run(
-            None, {sample_name: np.ascontiguousarray(sample, np.float32), state_name: state})
-        return counts, new_state
+    def step(self, sample: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(counts so far [K], new state) after one normalised sample [C] of one chain."""
+        feed = dict(zip(self._step_inputs, [np.ascontiguousarray(sample, np.float32)[None], *state], strict=True))
+        new_state = self.sessions["step"].run(None, feed)
+        return new_state[0][0], new_state

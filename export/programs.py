@@ -1,15 +1,16 @@
 """The two methods every exported L2MU program has, built from one shared single-step core.
 
-`step`    (sample [C], state [S]) → (counts [K], state [S]): one sample at O(1) cost. The state is
-          one flat vector: the per-class spike counts since it was zero, then every population's
-          membrane (and synaptic current), then the previous spikes of h and m — the layout, with
-          offsets, is in the metadata (`state`). The counts come out twice: on their own, and as
-          the head of the new state that the next call takes.
+`step`    (samples [B, C], counts [B, K], *parts [B, n]) → (counts [B, K], *parts [B, n]): one sample
+          for each of B independent chains at O(1) cost each; B is dynamic, 1 … STEP_BATCH_MAX, so the
+          agent advances every due chain of every watch in one call. A chain's state is the per-class
+          spike counts since it was zero, then every population's membrane (and synaptic current), then
+          the previous spikes of h and m, one tensor each — names and sizes in the metadata (`state`).
+          They are separate tensors, not one flat row, because XNNPACK cannot slice a tensor whose
+          batch dimension is dynamic: slicing a flat state would leave ten ops outside the delegate.
 `forward` (window [T, C]) → counts [K]: the same core applied T times from the zero state.
 
-One flat state instead of one tensor per population: each tensor crossing the Python binding
-costs about 2 µs, more than the step's own arithmetic (measured: 11 tensors in and out 23.6 µs,
-2 tensors 7.2 µs, for an add). Splitting and joining the vector happens inside the delegate.
+The agent's native runner (l2mu.agent.native) hands tensors across as plain pointers, so one tensor
+per part costs it next to nothing, and batching spreads each call's fixed cost over all chains.
 
 Both methods call the same core module (the graph-mode L2MU, or its PT2E-quantised twin), so
 `step` applied T times reproduces `forward` exactly: the same operations on the same values in
@@ -27,6 +28,9 @@ from torch import Tensor, nn
 from l2mu.model.l2mu import L2MU
 
 COUNTS_STATE = "counts"
+# The most chains one `step` call advances. XNNPACK plans memory for the upper bound (a few hundred KB
+# here); 256 covers 128 watches with two 2 s windows in flight each, at one decision per second.
+STEP_BATCH_MAX = 256
 
 
 class StepCore(nn.Module):
@@ -59,18 +63,15 @@ def state_size(layout: list[dict]) -> int:
 
 
 class StepMethod(nn.Module):
-    """`step`: sample [C], flat state [S] → (counts so far [K], new flat state [S])."""
+    """`step`: samples [B, C], counts [B, K], *parts [B, n] → (counts so far [B, K], *new parts [B, n])."""
 
-    def __init__(self, core: nn.Module, layout: list[dict]) -> None:
+    def __init__(self, core: nn.Module) -> None:
         super().__init__()
         self.core = core
-        self.parts = [(p["offset"], p["size"], tuple(p["shape"])) for p in layout]
 
-    def forward(self, sample: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        counts, *net_state = (state[o : o + n].reshape(shape) for o, n, shape in self.parts)
-        out, *new_state = self.core(sample.reshape(1, -1), *net_state)
-        counts = counts + out.reshape(-1)
-        return counts, torch.cat([counts, *(s.reshape(-1) for s in new_state)])
+    def forward(self, sample: Tensor, counts: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        out, *new_state = self.core(sample, *state)
+        return (counts + out, *new_state)
 
 
 class WindowMethod(nn.Module):
@@ -98,11 +99,19 @@ class WindowMethod(nn.Module):
 
 def build_methods(core: nn.Module, net: L2MU) -> dict[str, nn.Module]:
     return {"forward": WindowMethod(core, [torch.zeros(s) for s in net.state_shapes(1)]),
-            "step": StepMethod(core, state_layout(net))}
+            "step": StepMethod(core)}
 
 
 def example_inputs(net: L2MU, window_samples: int) -> dict[str, tuple[Tensor, ...]]:
-    """Example inputs each method is traced with (only their shapes matter)."""
+    """Example inputs each method is traced with (only their shapes matter; see dynamic_shapes)."""
     c = net.cfg.n_channels
-    return {"forward": (torch.zeros(window_samples, c),),
-            "step": (torch.zeros(c), torch.zeros(state_size(state_layout(net))))}
+    parts = [torch.zeros(2, p["size"]) for p in state_layout(net)]
+    return {"forward": (torch.zeros(window_samples, c),), "step": (torch.zeros(2, c), *parts)}
+
+
+def dynamic_shapes(net: L2MU) -> dict[str, object]:
+    """`step`'s batch dimension is symbolic (1 … STEP_BATCH_MAX); `forward` is one fixed-size window."""
+    batch = torch.export.Dim("batch", min=1, max=STEP_BATCH_MAX)
+    n_parts = len(state_layout(net))
+    # (sample, counts, *state): the varargs' shapes form one tuple.
+    return {"forward": None, "step": ({0: batch}, {0: batch}, tuple({0: batch} for _ in range(n_parts - 1)))}

@@ -6,8 +6,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # the agent reads metadata without torch installed
+    from torch import nn
 
 FORMAT_VERSION = 1
 SENSOR_UNITS = {"acc": "m/s^2", "gyro": "rad/s"}
@@ -32,6 +34,8 @@ class ModelMetadata:
     state: list[dict] = field(default_factory=list)  # layout of the `step` method's state
     # How the program was compressed: {"weights": "fp32" | "int8", "quantization": {...}, "pruning": {...}}.
     variant: dict = field(default_factory=dict)
+    # The most chains one `step` call takes (its batch dimension); 0 in programs whose step took one sample.
+    step_batch_max: int = 0
     program_sha256: str = ""
     format_version: int = FORMAT_VERSION
 

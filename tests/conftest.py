@@ -72,19 +72,6 @@ def tiny_program(tiny_checkpoint: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_int8_program(tiny_checkpoint: Path, wisdm_root: Path) -> Path:
-    """tiny_checkpoint exported with `export --quantize int8`, calibrated on training-subject windows."""
-    import subprocess
-
-    out = tiny_checkpoint.parent / "tiny-int8.pte"
-    proc = subprocess.run([*cli_command(), "export", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-                           "--quantize", "int8", "--data", str(wisdm_root), "--calibration-windows", "64"],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
-
-
 @pytest.fixture
 def notify_socket() -> Iterator[tuple[socket.socket, str]]:
     """A bound datagram socket like systemd's, in a short directory (AF_UNIX paths are limited to 108 bytes)."""

@@ -118,7 +118,7 @@ class Rig:
 
     def __init__(self, cfg: RigConfig) -> None:
         from l2mu.agent.compose import build_agent
-        from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model, single_threaded_kernels
+        from l2mu.agent.runtime import ExecuTorchClassifier, resolve_model
         from l2mu.agent.sim.player import DEFAULT_MIX, build_watches, mix_for
         from l2mu.agent.sim.watches import MotionTape
         from l2mu.agent.sources import demo_recording
@@ -128,7 +128,6 @@ class Rig:
         if cfg.seconds <= 0:
             raise LoadBenchError(f"--seconds must be > 0, got {cfg.seconds}")
         self.cfg = cfg
-        single_threaded_kernels()  # as `run` does, before the model loads
         self.classifier = ExecuTorchClassifier(resolve_model(cfg.model))
         self.kinds = mix_for(self.classifier.meta.sensors, cfg.mix or DEFAULT_MIX)
         tape = MotionTape.from_file(cfg.recording or demo_recording())
@@ -143,6 +142,7 @@ class Rig:
                                on_decision=self._decided, on_delivered=self._delivered)
         self.publisher = self.app.sink
         self.agent = self.app.agent
+        self.sessions = {s.source.watch_id: s for s in self.agent.sessions}
         self.player = None
         self._player_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,7 +152,7 @@ class Rig:
     def _decided(self, payload: dict, truth: str) -> None:
         # Called before the decision is handed to the publisher, so its ack can never come first.
         watch = payload["watch"]
-        self.tally.arrivals[(watch, payload["seq"])] = (self.by_id[watch].arrival, time.monotonic())
+        self.tally.arrivals[(watch, payload["seq"])] = (self.sessions[watch].arrival, time.monotonic())
         self.tally.made[watch] += 1
 
     def _delivered(self, topic: str, payload: str, acked_at: float) -> None:

@@ -1,6 +1,7 @@
 """`l2mu-agent bench`: runtime benchmarks that print one JSON object (never timed assertions in tests).
 
-`bench [--model NAME]` compares eager / ExecuTorch fp32 / ExecuTorch int8 / ONNX Runtime on one model;
+`bench [--model NAME]` compares eager / ExecuTorch (Python bindings and the agent's native runner) / ONNX
+Runtime on one model;
 `bench load --watches N ...` measures the whole agent under N virtual watches.
 Implementations live in l2mu.export.bench and l2mu.agent.bench.load; this file only wires options.
 """
@@ -43,12 +44,10 @@ def runtimes(
     out: Annotated[Path | None, typer.Option(help="Also write the JSON object to this file.")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed windows; steps are 10× as many.")] = 500,
     checkpoint: Annotated[Path | None, typer.Option(help="Eager checkpoint (default: NAME.pt beside).")] = None,
-    int8: Annotated[Path | None, typer.Option(help="int8 program (default: NAME-int8.pte beside).")] = None,
-    data: Annotated[Path | None, typer.Option(help="WISDM-2019 directory, to make a missing int8 program now.")]
-    = None,
 ) -> None:
-    """Eager snnTorch vs ExecuTorch fp32 vs ExecuTorch int8 vs ONNX Runtime on one model: window and step
-    latency (median, p99), file bytes and the resident memory of a process that loads only that runtime."""
+    """Eager snnTorch vs ExecuTorch (its Python bindings, and the agent's native runner) vs ONNX Runtime on one
+    model: window and step latency (median, p99), batched steps, file bytes and the resident memory of a process
+    that loads only that runtime."""
     if ctx.invoked_subcommand is not None:
         return
     from l2mu.export.bench import BenchError, run_model_bench
@@ -59,7 +58,7 @@ def runtimes(
         typer.echo(line, err=True)
 
     try:
-        result = run_model_bench(model, repeats, checkpoint, int8, data, log=log)
+        result = run_model_bench(model, repeats, checkpoint, log=log)
     except (BenchError, ModelFileError, DatasetError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -69,10 +68,13 @@ def runtimes(
     save(result, out)
     typer.echo(f"{result['model']}, {result['threads']} thread, {result['repeats']['windows']} windows / "
                f"{result['repeats']['steps']} steps")
-    typer.echo(f"{'runtime':<16} {'window ms':>9} {'p99':>8} {'step us':>8} {'p99':>8} {'bytes':>9} {'RSS MB':>7}")
+    typer.echo(f"{'runtime':<17} {'window ms':>9} {'p99':>8} {'step us':>8} {'p99':>8} {'bytes':>9} {'RSS MB':>7}")
     for name, r in result["runtimes"].items():
-        typer.echo(f"{name:<16} {r['window_ms_median']:>9.3f} {r['window_ms_p99']:>8.3f} {r['step_us_median']:>8.1f} "
+        typer.echo(f"{name:<17} {r['window_ms_median']:>9.3f} {r['window_ms_p99']:>8.3f} {r['step_us_median']:>8.1f} "
                    f"{r['step_us_p99']:>8.1f} {r['file_bytes']:>9} {r['rss_mb']:>7.1f}")
+    batched = result["runtimes"]["executorch_native"]["batched_step_us_per_chain"]
+    typer.echo("executorch_native batched step, µs per chain: "
+               + ", ".join(f"B={b} {v['median']:.2f}" for b, v in batched.items()))
 
 
 @bench_app.command("load")

@@ -207,43 +207,26 @@ def evaluate(
 def export(
     checkpoint: Annotated[Path, typer.Option(help="Trained checkpoint.pt from `train` (or `compress`).")],
     out: Annotated[Path, typer.Option(help="Program to write (FILE.pte; FILE.json is written beside it).")],
-    quantize: Annotated[
-        str, typer.Option(help="none, or int8: PT2E int8 Linear layers (XNNPACK quantizer), calibrated on "
-                               "training-subject windows from --data.")
-    ] = "none",
-    data: Annotated[Path | None, typer.Option(help="WISDM-2019 directory, for int8 calibration.")] = None,
-    calibration_windows: Annotated[int, typer.Option(min=1, help="Training windows int8 calibrates on.")] = 512,
     onnx: Annotated[
         Path | None, typer.Option(help="Also write the same graphs as ONNX (FILE.onnx + FILE-step.onnx), for "
                                        "comparison with ONNX Runtime (`bench`).")
     ] = None,
 ) -> None:
     """Export a checkpoint to an ExecuTorch program (XNNPACK) with `forward` (a window) and `step` (one sample
-    + state) methods."""
-    from l2mu.export.executorch_export import QUANTIZE_CHOICES, export_program
+    + state for each of a batch of chains) methods."""
+    from l2mu.export.executorch_export import export_program
     from l2mu.model.checkpoint import load_checkpoint
 
     if out.suffix != ".pte":
         raise UsageError(f"--out {out}: the program file must end in .pte")
-    if quantize not in QUANTIZE_CHOICES:
-        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
-    if quantize == "int8" and data is None:
-        raise UsageError("--quantize int8 needs --data (calibration on training-subject windows)")
     if onnx is not None and onnx.suffix != ".onnx":
         raise UsageError(f"--onnx {onnx}: the file must end in .onnx")
     from l2mu.agent.runtime import native_stderr_silenced
 
     ckpt = load_checkpoint(checkpoint)
     only_l2mu(ckpt, "export to an agent program")
-    calibration = None
-    if quantize == "int8":
-        from l2mu.export.data import calibration_windows as load_calibration
-        from l2mu.model.wisdm import watch_dir
-
-        watch_dir(data)
-        calibration = load_calibration(data, ckpt.metadata, limit=calibration_windows)
     with native_stderr_silenced():  # torch.export and the lowering passes warn about their own internals
-        meta = export_program(ckpt, out, quantize=quantize, calibration=calibration)
+        meta = export_program(ckpt, out)
         if onnx is not None:
             from l2mu.export.onnx_export import export_onnx
 

@@ -1,0 +1,229 @@
+#include "runner.h"
+
+#include <algorithm>
+#include <array>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/threadpool/threadpool_guard.h>
+#include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/core/portable_type/tensor_impl.h>
+#include <executorch/runtime/platform/runtime.h>
+
+namespace l2mu::native {
+
+namespace et = ::executorch::runtime;
+using ::executorch::aten::ScalarType;
+using ::executorch::extension::module::Module;
+
+namespace {
+
+constexpr size_t kMaxRank = 8;
+
+std::string describe(et::Error error) {
+  std::string name = et::to_string(error);
+  const std::string prefix = "Error::";
+  return name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
+}
+
+std::string shape_text(const std::vector<int64_t>& sizes) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out << (i ? ", " : "") << sizes[i];
+  out << "]";
+  return out.str();
+}
+
+int64_t numel(const std::vector<int64_t>& sizes) {
+  return std::accumulate(sizes.begin(), sizes.end(), int64_t{1}, std::multiplies<int64_t>());
+}
+
+std::vector<int64_t> tensor_sizes(const et::Result<et::TensorInfo>& info) {
+  std::vector<int64_t> sizes;
+  if (info.ok()) {
+    for (int32_t s : info->sizes()) sizes.push_back(s);
+  }
+  return sizes;
+}
+
+// A TensorImpl over caller memory, alive for one call: ExecuTorch copies a planned input into its
+// own arena at set_input, so nothing here outlives `run`.
+struct BorrowedTensor {
+  std::array<::executorch::aten::SizesType, kMaxRank> sizes{};
+  std::array<::executorch::aten::DimOrderType, kMaxRank> dim_order{};
+  std::array<::executorch::aten::StridesType, kMaxRank> strides{};
+  std::unique_ptr<::executorch::runtime::etensor::TensorImpl> impl;
+
+  explicit BorrowedTensor(const TensorView& view) {
+    const size_t rank = view.sizes.size();
+    if (rank > kMaxRank) throw RunnerError("an input has more than 8 dimensions");
+    ::executorch::aten::StridesType stride = 1;
+    for (size_t i = rank; i-- > 0;) {
+      sizes[i] = static_cast<::executorch::aten::SizesType>(view.sizes[i]);
+      dim_order[i] = static_cast<::executorch::aten::DimOrderType>(i);
+      strides[i] = stride;
+      stride *= sizes[i];
+    }
+    impl = std::make_unique<::executorch::runtime::etensor::TensorImpl>(
+        ScalarType::Float, static_cast<ssize_t>(rank), sizes.data(), view.data, dim_order.data(), strides.data(),
+        ::executorch::aten::TensorShapeDynamism::STATIC);
+  }
+};
+
+}  // namespace
+
+struct Runner::Impl {
+  std::unique_ptr<Module> module;
+};
+
+Runner::Runner(const std::string& path, const std::vector<std::string>& preload) : impl_(std::make_unique<Impl>()) {
+  et::runtime_init();
+  {
+    std::ifstream probe(path, std::ios::binary);
+    if (!probe) throw RunnerError("cannot open the program file");
+  }
+  // The whole file in memory: a program is a few hundred KB, and a replaced or truncated file on disk
+  // can then no longer change a program already loaded.
+  impl_->module = std::make_unique<Module>(path, Module::LoadMode::File);
+  et::Error err = impl_->module->load(et::Program::Verification::InternalConsistency);
+  if (err != et::Error::Ok) {
+    throw RunnerError("not an ExecuTorch program, or a damaged one (" + describe(err) + ")");
+  }
+  auto names = impl_->module->method_names();
+  if (!names.ok()) throw RunnerError("cannot list its methods (" + describe(names.error()) + ")");
+  std::vector<std::string> sorted(names->begin(), names->end());
+  std::sort(sorted.begin(), sorted.end());
+  for (const auto& name : sorted) {
+    auto meta = impl_->module->method_meta(name);
+    if (!meta.ok()) throw RunnerError("method '" + name + "' has no metadata (" + describe(meta.error()) + ")");
+    MethodInfo info{name, {}, {}};
+    for (size_t i = 0; i < meta->num_inputs(); ++i) {
+      auto t = meta->input_tensor_meta(i);
+      if (!t.ok() || t->scalar_type() != ScalarType::Float) {
+        throw RunnerError("method '" + name + "' takes an input that is not a float32 tensor");
+      }
+      info.input_sizes.push_back(tensor_sizes(t));
+    }
+    for (size_t i = 0; i < meta->num_outputs(); ++i) {
+      auto t = meta->output_tensor_meta(i);
+      if (!t.ok() || t->scalar_type() != ScalarType::Float) {
+        throw RunnerError("method '" + name + "' returns an output that is not a float32 tensor");
+      }
+      info.output_sizes.push_back(tensor_sizes(t));
+    }
+    methods_.push_back(std::move(info));
+  }
+  for (const auto& name : preload.empty() ? sorted : preload) load_method(name);
+}
+
+void Runner::load_method(const std::string& name) {
+  method(name);  // a one-line error for a method the program lacks
+  if (impl_->module->is_method_loaded(name)) return;
+  et::Error err;
+  {
+    // XNNPACK takes its thread pool when a delegate is initialised; with this guard it gets none and
+    // runs every operator on the calling thread. A step is microseconds of arithmetic: handing it to
+    // pool threads costs more than it saves, and on a busy machine each hand-over waits for a core.
+    ::executorch::extension::threadpool::NoThreadPoolGuard single_threaded;
+    err = impl_->module->load_method(name);
+  }
+  if (err != et::Error::Ok) {
+    throw RunnerError("method '" + name + "' cannot be loaded (" + describe(err) + ")");
+  }
+}
+
+bool Runner::is_loaded(const std::string& name) const { return impl_->module->is_method_loaded(name); }
+
+Runner::~Runner() = default;
+
+const MethodInfo& Runner::method(const std::string& name) const {
+  for (const auto& m : methods_) {
+    if (m.name == name) return m;
+  }
+  std::string known;
+  for (const auto& m : methods_) known += (known.empty() ? "" : ", ") + m.name;
+  throw RunnerError("the program has no method '" + name + "' (it has: " + (known.empty() ? "none" : known) + ")");
+}
+
+namespace {
+
+std::vector<et::EValue> execute(Module& module, const MethodInfo& info, const std::vector<TensorView>& inputs) {
+  // Loaded by the caller (Runner::run), so this only checks shapes and runs.
+  if (inputs.size() != info.input_sizes.size()) {
+    throw RunnerError("method '" + info.name + "' takes " + std::to_string(info.input_sizes.size()) +
+                      " inputs, got " + std::to_string(inputs.size()));
+  }
+  std::vector<BorrowedTensor> borrowed;
+  borrowed.reserve(inputs.size());
+  std::vector<et::EValue> values;
+  values.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const auto& bound = info.input_sizes[i];
+    const auto& sizes = inputs[i].sizes;
+    bool fits = sizes.size() == bound.size();
+    for (size_t d = 0; fits && d < sizes.size(); ++d) fits = sizes[d] >= 1 && sizes[d] <= bound[d];
+    if (!fits) {
+      throw RunnerError("method '" + info.name + "' input " + std::to_string(i) + ": shape " + shape_text(sizes) +
+                        " does not fit " + shape_text(bound));
+    }
+    borrowed.emplace_back(inputs[i]);
+    values.emplace_back(::executorch::aten::Tensor(borrowed.back().impl.get()));
+  }
+  auto result = module.execute(info.name, values);
+  if (!result.ok()) {
+    throw RunnerError("method '" + info.name + "' failed (" + describe(result.error()) + ")");
+  }
+  for (const auto& v : *result) {
+    if (!v.isTensor() || v.toTensor().scalar_type() != ScalarType::Float) {
+      throw RunnerError("method '" + info.name + "' returned something other than float32 tensors");
+    }
+  }
+  return std::move(*result);
+}
+
+std::vector<int64_t> sizes_of(const ::executorch::aten::Tensor& t) {
+  return std::vector<int64_t>(t.sizes().begin(), t.sizes().end());
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> Runner::run(const std::string& method_name, const std::vector<TensorView>& inputs,
+                                              const std::vector<TensorView>& outputs) {
+  const MethodInfo& info = method(method_name);
+  load_method(method_name);
+  auto values = execute(*impl_->module, info, inputs);
+  if (outputs.size() != values.size()) {
+    throw RunnerError("method '" + info.name + "' returns " + std::to_string(values.size()) + " outputs, " +
+                      std::to_string(outputs.size()) + " buffers given");
+  }
+  std::vector<std::vector<int64_t>> shapes;
+  for (size_t i = 0; i < values.size(); ++i) {
+    const auto& t = values[i].toTensor();
+    auto sizes = sizes_of(t);
+    if (numel(outputs[i].sizes) < static_cast<int64_t>(t.numel())) {
+      throw RunnerError("method '" + info.name + "' output " + std::to_string(i) + ": buffer " +
+                        shape_text(outputs[i].sizes) + " is smaller than " + shape_text(sizes));
+    }
+    std::copy_n(t.const_data_ptr<float>(), t.numel(), outputs[i].data);
+    shapes.push_back(std::move(sizes));
+  }
+  return shapes;
+}
+
+std::vector<std::pair<std::vector<float>, std::vector<int64_t>>> Runner::run(const std::string& method_name,
+                                                                            const std::vector<TensorView>& inputs) {
+  const MethodInfo& info = method(method_name);
+  load_method(method_name);
+  auto values = execute(*impl_->module, info, inputs);
+  std::vector<std::pair<std::vector<float>, std::vector<int64_t>>> out;
+  for (const auto& v : values) {
+    const auto& t = v.toTensor();
+    const float* p = t.const_data_ptr<float>();
+    out.emplace_back(std::vector<float>(p, p + t.numel()), sizes_of(t));
+  }
+  return out;
+}
+
+}  // namespace l2mu::native
