@@ -11,7 +11,7 @@ holds exactly the counts `forward` gives for that window — the same operations
 Chains live in a `ChainPool`: one row of state per chain, for every watch that uses the model, so the
 agent can advance all chains that are due — of all its watches — in one batched `step` call per tick
 (`StepWindower.begin` / `end` around `ChainPool.step`; `push` does all three for one watch). A batch row
-is computed exactly as a lone chain is, so batching changes no count (tests/test_native_runner.py).
+is computed exactly as a lone chain is, so batching changes no count (tests/integration/test_native_runner.py).
 
 Normalisation is the window path's, sample by sample: the same float64 arithmetic cast to float32.
 """

@@ -3,7 +3,7 @@
 One program, two methods (see l2mu.export.programs): `forward` (a window) and `step` (one sample
 and explicit state). Both lower into a single XNNPACK delegate each; nothing runs outside it.
 Their weights are stored once: XNNPACK keys every constant by its SHA-256 in the program's named
-data store, so the two methods share one copy (checked in tests/test_export.py).
+data store, so the two methods share one copy (checked in tests/integration/test_export.py).
 
 Before partitioning, common-subexpression elimination removes what unrolling the window repeats:
 every step recomputes each population's previous spike, H(mem_{t-1} − ϑ), which the step before
