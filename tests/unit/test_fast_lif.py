@@ -64,7 +64,8 @@ def test_layerwise_rates_count_the_spikes_of_each_population() -> None:
     torch.manual_seed(0)
     net = L2MU(L2MUConfig(input_hidden=16, hidden=16, memory_size=4, order=4)).eval()
     x = torch.randn(4, 20, 6) * 2
-    counts, rates = net.forward_layerwise(x)
+    with torch.no_grad():
+        counts, rates = net.forward_layerwise(x)
     spikes: dict[str, float] = {}
     hooks = [lif.register_forward_hook(lambda _m, _a, out, pop=pop: spikes.__setitem__(
         pop, spikes.get(pop, 0.0) + float(out[0].detach().sum()))) for pop, lif in net.lif.items()]
