@@ -143,6 +143,16 @@ class ExecuTorchClassifier:
             new_state = out
         return new_state[0], new_state
 
+    def step_rows(self, samples: np.ndarray, pools: list[np.ndarray], rows: list[int]) -> np.ndarray:
+        """`step_batch` for chains whose states are rows of `pools` (one [rows, n] array per part): chain i
+        is row rows[i] of every pool, advanced in place; returns its counts so far [B, K]. The runner
+        gathers and scatters the rows itself — two numpy fancy-index copies per part cost more than the step."""
+        if len(samples) > self.batch_max:
+            raise ValueError(f"{len(samples)} chains in one step; this program takes at most {self.batch_max}")
+        counts = np.empty((len(rows), self.part_sizes[0]), np.float32)
+        self._runner.run_rows("step", samples, pools, rows, counts)
+        return counts
+
     def step(self, sample: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """(counts so far [K], new state) after one normalised sample [C] of one chain."""
         counts, new_state = self.step_batch(np.ascontiguousarray(sample, dtype=np.float32)[None], state)

@@ -58,12 +58,8 @@ class ChainPool:
         clf = self.classifier
         out = []
         for i in range(0, len(rows), clf.batch_max):
-            idx = np.asarray(rows[i : i + clf.batch_max])
-            state = [p[idx] for p in self.parts]  # gathered: contiguous [b, n] copies
-            counts, state = clf.step_batch(np.ascontiguousarray(samples[i : i + clf.batch_max]), state, out=state)
-            for p, s in zip(self.parts, state, strict=True):
-                p[idx] = s
-            out.append(counts)
+            chunk = list(rows[i : i + clf.batch_max])
+            out.append(clf.step_rows(np.ascontiguousarray(samples[i : i + clf.batch_max]), self.parts, chunk))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
 

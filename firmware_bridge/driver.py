@@ -27,6 +27,7 @@ run backwards.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import uuid
@@ -77,6 +78,7 @@ class GattWrite(NamedTuple):
     data: bytes
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and called for every notification with a handful of distinct values
 def normalize_uuid(value: str) -> str:
     """Lower-case 128-bit form; 16- and 32-bit SIG short forms ("180d", "0x180D") expand."""
     text = value.strip().lower()

@@ -139,7 +139,8 @@ def parse_module_info(data: bytes) -> ModuleInfo:
 
 
 def encode_xyz(counts: Sequence[Sequence[int]]) -> bytes:
-    return b"".join(_XYZ.pack(*(max(-32768, min(32767, int(v))) for v in c)) for c in counts)
+    flat = [max(-32768, min(32767, int(v))) for c in counts for v in c]
+    return struct.pack(f"<{len(flat)}h", *flat)
 
 
 def encode_notification(module: int, register_id: int, counts: Sequence[Sequence[int]]) -> bytes:

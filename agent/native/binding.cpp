@@ -81,5 +81,18 @@ NB_MODULE(_runner, m) {
           },
           nb::arg("method"), nb::arg("inputs").noconvert(), nb::arg("outputs").noconvert(),
           "Run `method`, writing output i into outputs[i] (C-contiguous float32, large enough); returns the "
-          "outputs' sizes. An output buffer may be an input of the same call: inputs are read first.");
+          "outputs' sizes. An output buffer may be an input of the same call: inputs are read first.")
+      .def(
+          "run_rows",
+          [](Runner& r, const std::string& method, const InArray& samples, const std::vector<OutArray>& pools,
+             const std::vector<int64_t>& rows, const OutArray& counts) {
+            std::vector<TensorView> parts;
+            parts.reserve(pools.size());
+            for (const auto& a : pools) parts.push_back(view_of(a));
+            r.run_rows(method, view_of(samples), parts, rows, view_of(counts));
+          },
+          nb::arg("method"), nb::arg("samples").noconvert(), nb::arg("pools").noconvert(), nb::arg("rows"),
+          nb::arg("counts").noconvert(),
+          "Step the chains at `rows` of the state pools ([rows, n] float32 each) by `samples` [B, C], in place; "
+          "counts [B, K] go into `counts`.");
 }

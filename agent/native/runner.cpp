@@ -76,6 +76,7 @@ struct BorrowedTensor {
 
 struct Runner::Impl {
   std::unique_ptr<Module> module;
+  std::vector<std::vector<float>> scratch;  // run_rows' gathered states, kept so a step allocates nothing
 };
 
 Runner::Runner(const std::string& path, const std::vector<std::string>& preload) : impl_(std::make_unique<Impl>()) {
@@ -210,6 +211,56 @@ std::vector<std::vector<int64_t>> Runner::run(const std::string& method_name, co
     shapes.push_back(std::move(sizes));
   }
   return shapes;
+}
+
+void Runner::run_rows(const std::string& method_name, const TensorView& samples, const std::vector<TensorView>& pools,
+                      const std::vector<int64_t>& rows, const TensorView& counts) {
+  const MethodInfo& info = method(method_name);
+  const auto batch = static_cast<int64_t>(rows.size());
+  if (samples.sizes.size() != 2 || samples.sizes[0] != batch) {
+    throw RunnerError("method '" + info.name + "': samples " + shape_text(samples.sizes) + " for " +
+                      std::to_string(batch) + " rows");
+  }
+  std::vector<TensorView> inputs{samples};
+  inputs.reserve(pools.size() + 1);
+  auto& scratch = impl_->scratch;
+  scratch.resize(pools.size());
+  for (size_t p = 0; p < pools.size(); ++p) {
+    const auto& pool = pools[p];
+    if (pool.sizes.size() != 2) throw RunnerError("state pool " + std::to_string(p) + " is not [rows, n]");
+    const int64_t n = pool.sizes[1];
+    scratch[p].resize(static_cast<size_t>(batch * n));
+    for (int64_t i = 0; i < batch; ++i) {
+      if (rows[i] < 0 || rows[i] >= pool.sizes[0]) {
+        throw RunnerError("row " + std::to_string(rows[i]) + " is outside the state pool of " +
+                          std::to_string(pool.sizes[0]) + " rows");
+      }
+      std::copy_n(pool.data + rows[i] * n, n, scratch[p].data() + i * n);
+    }
+    inputs.push_back(TensorView{scratch[p].data(), {batch, n}});
+  }
+  load_method(method_name);
+  auto values = execute(*impl_->module, info, inputs);
+  if (values.size() != pools.size()) {
+    throw RunnerError("method '" + info.name + "' returns " + std::to_string(values.size()) + " outputs for " +
+                      std::to_string(pools.size()) + " state parts");
+  }
+  const auto& k = values[0].toTensor();
+  if (numel(counts.sizes) < static_cast<int64_t>(k.numel())) {
+    throw RunnerError("method '" + info.name + "': counts buffer " + shape_text(counts.sizes) + " is smaller than " +
+                      shape_text(sizes_of(k)));
+  }
+  std::copy_n(k.const_data_ptr<float>(), k.numel(), counts.data);
+  for (size_t p = 0; p < pools.size(); ++p) {
+    const auto& t = values[p].toTensor();
+    const int64_t n = pools[p].sizes[1];
+    if (static_cast<int64_t>(t.numel()) != batch * n) {
+      throw RunnerError("method '" + info.name + "' output " + std::to_string(p) + ": " + shape_text(sizes_of(t)) +
+                        " does not fit state pool " + shape_text(pools[p].sizes));
+    }
+    const float* src = t.const_data_ptr<float>();
+    for (int64_t i = 0; i < batch; ++i) std::copy_n(src + i * n, n, pools[p].data + rows[i] * n);
+  }
 }
 
 std::vector<std::pair<std::vector<float>, std::vector<int64_t>>> Runner::run(const std::string& method_name,

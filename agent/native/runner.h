@@ -49,6 +49,14 @@ class Runner {
   std::vector<std::vector<int64_t>> run(const std::string& method, const std::vector<TensorView>& inputs,
                                         const std::vector<TensorView>& outputs);
 
+  // Steps chains whose states are rows of caller-owned pools. `pools[p]` is a [rows, n_p] array holding state
+  // part p of every chain; the method takes (samples [B, C], part_0 [B, n_0], …) and returns the new parts,
+  // part 0 being the counts so far. Row rows[i] of every pool is gathered as chain i, and the new parts are
+  // written back to the same rows; part 0 is also copied to `counts` ([B, n_0] or larger). Rows must be
+  // distinct. This is the batched step of a pool of chains without a numpy gather and scatter per part.
+  void run_rows(const std::string& method, const TensorView& samples, const std::vector<TensorView>& pools,
+                const std::vector<int64_t>& rows, const TensorView& counts);
+
   // Like `run`, but returns each output's values in a new vector (for callers without buffers).
   std::vector<std::pair<std::vector<float>, std::vector<int64_t>>> run(const std::string& method,
                                                                        const std::vector<TensorView>& inputs);

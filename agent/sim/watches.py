@@ -73,8 +73,12 @@ class MotionTape:
         local = self._wrap(times)
 
         def read(sensor: str) -> np.ndarray:
+            # np.interp of each column, written as one gather: three interps and a column_stack per
+            # block were a large share of a many-watch rig's CPU, which is the simulator's, not the agent's.
             t, v = self._streams[sensor]
-            return np.column_stack([np.interp(local, t, v[:, k]) for k in range(3)])
+            i = np.minimum(np.maximum(t.searchsorted(local, side="right"), 1), len(t) - 1)
+            w = np.minimum(np.maximum((local - t[i - 1]) / (t[i] - t[i - 1]), 0.0), 1.0)[:, None]
+            return v[i - 1] + w * (v[i] - v[i - 1])
 
         return read("acc"), read("gyro") if self.has_gyro else None
 
@@ -129,6 +133,11 @@ class VirtualWatch(Peripheral):
         # Watch-clock time at which the block being sent fell due: an in-process link stamps its arrival with it,
         # so a late event loop counts against the agent's latency instead of giving it a kinder clock.
         self.due_t: float | None = None
+        # CPU seconds this watch's firmware spent making its samples and notifications (the tape read and the
+        # encoding, not what the receiver does with them): a load rig runs the watches in the agent's process
+        # and subtracts this to tell the agent's own CPU.
+        self.firmware_cpu_s = 0.0
+        self._receiver_cpu_s = 0.0
 
     def on_connect(self, link: Link) -> None:
         self._link = link
@@ -143,8 +152,12 @@ class VirtualWatch(Peripheral):
         """Forget per-connection state (what was configured and started)."""
 
     def send(self, char_uuid: str, data: bytes) -> None:
-        if self._link is not None and self._link.notify(char_uuid, data):
+        if self._link is None:
+            return
+        c0 = time.thread_time()
+        if self._link.notify(char_uuid, data):  # an in-process link runs the receiver's intake right here
             self.notifications_sent += 1
+        self._receiver_cpu_s += time.thread_time() - c0
 
     def _start_stream(self, key: str, stream: AsyncIterator[None]) -> None:
         self._stop_stream(key)
@@ -173,9 +186,11 @@ class VirtualWatch(Peripheral):
             delay = self.clock.wait_for(float(times[-1]))
             if delay > 0:
                 await asyncio.sleep(delay)
+            c0, self._receiver_cpu_s = time.thread_time(), 0.0
             acc, gyro = self.tape.at(times + self.offset_s)
             self.due_t = float(times[-1])
-            yield times, acc, gyro
+            yield times, acc, gyro  # the protocol encodes and sends the block before asking for the next
+            self.firmware_cpu_s += time.thread_time() - c0 - self._receiver_cpu_s
             self.due_t = None
             i += per_packet
 
@@ -183,7 +198,7 @@ class VirtualWatch(Peripheral):
 def _counts(values: np.ndarray, scale: float) -> list[tuple[int, int, int]]:
     """SI values × scale → int16 counts, rounded and saturated."""
     c = np.clip(np.rint(values * scale), -32768, 32767).astype(int)
-    return [(int(r[0]), int(r[1]), int(r[2])) for r in c]
+    return [tuple(r) for r in c.tolist()]
 
 
 # --- Polar PMD ----------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ def test_bench_load_command_reports_every_count(tiny_program: Path, tmp_path: Pa
         assert r["decisions"] >= 3 * r["watches"] and r["decisions_lost"] == 0 and r["acked_out_of_order"] == 0
         assert r["samples_dropped"] == 0 and r["samples_received"] > 0 and r["rss_mb"] > 0
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] <= r["latency_ms_max"]
+        # The simulated firmware did some of the work, and the agent's share is what is left of the process's.
+        assert 0 < r["firmware_cpu_percent"] < r["cpu_percent"]
+        assert r["agent_cpu_percent"] == pytest.approx(r["cpu_percent"] - r["firmware_cpu_percent"], abs=0.2)
     assert result["transport"].startswith("in-process notifications") and "PUBACK" in result["latency"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -84,6 +84,27 @@ def test_step_into_caller_buffers_reads_the_state_before_writing_it(classifier: 
     np.testing.assert_array_equal(counts, state[0])
 
 
+def test_step_rows_advances_only_the_named_rows_in_place(classifier: ExecuTorchClassifier, wisdm_root: Path) -> None:
+    from l2mu.agent.native import _runner
+
+    windows = real_windows(wisdm_root, classifier.meta, n=3)
+    pools = [np.full((6, n), 7.0, np.float32) for n in classifier.part_sizes]  # rows 1, 4 and 5 stay untouched
+    rows = [3, 0, 2]
+    for p in pools:
+        p[rows] = 0.0
+    for t in range(windows.shape[1]):
+        counts = classifier.step_rows(np.ascontiguousarray(windows[:, t]), pools, rows)
+    expected = np.stack([classifier.counts(w) for w in windows])
+    np.testing.assert_array_equal(counts, expected)
+    np.testing.assert_array_equal(pools[0][rows], expected)
+    assert all((p[[1, 4, 5]] == 7.0).all() for p in pools)
+    x = np.zeros((1, len(classifier.meta.channels)), np.float32)
+    with pytest.raises(_runner.RunnerError, match="row 6 is outside the state pool of 6 rows"):
+        classifier.step_rows(x, pools, [6])
+    with pytest.raises(_runner.RunnerError, match="samples \\[1, 6\\] for 2 rows"):
+        classifier.step_rows(x, pools, [0, 1])
+
+
 # ---- bad programs: the same one-line errors as before the native runner ---------------------------------
 
 
@@ -185,11 +206,11 @@ def _decisions_alone(clf: ExecuTorchClassifier, watch_id: str, samples: list[Sam
 def test_agent_steps_all_watches_together_and_decides_as_each_alone(
         classifier: ExecuTorchClassifier, watches: dict[str, list[Sample]]) -> None:
     sizes: list[int] = []
-    step_batch = classifier.step_batch
+    step_rows = classifier.step_rows
 
-    def counting(samples, state, out=None):  # noqa: ANN001, ANN202
+    def counting(samples, pools, rows):  # noqa: ANN001, ANN202
         sizes.append(len(samples))
-        return step_batch(samples, state, out=out)
+        return step_rows(samples, pools, rows)
 
     got: dict[str, list[tuple]] = {w: [] for w in watches}
     sources = [UnpacedSource(w, s) for w, s in watches.items()]
@@ -198,11 +219,11 @@ def test_agent_steps_all_watches_together_and_decides_as_each_alone(
                       (p["seq"], p["window_start"], p["window_end"], p["raw_activity"], p["scores"])))
     for session in agent.sessions:
         session.wall0, session.t0 = 0.0, 0.0
-    classifier.step_batch = counting  # type: ignore[method-assign]
+    classifier.step_rows = counting  # type: ignore[method-assign]
     try:
         asyncio.run(agent.run())
     finally:
-        del classifier.step_batch
+        del classifier.step_rows
     for watch, samples in watches.items():
         alone = _decisions_alone(classifier, watch, samples)
         assert len(alone) > 10
