@@ -76,6 +76,9 @@ class SensorStream:
         self._intervals: deque[float] = deque(maxlen=RATE_INTERVALS)
         self._rate: float | None = None
         self._fresh = 0  # intervals added since the rate was last computed
+        # Kept as Python floats beside the arrays: the aligner asks for them for every sample of every watch.
+        self._last = 0.0
+        self._lookahead = 0.0
 
     def __len__(self) -> int:
         return self._hi - self._lo
@@ -86,7 +89,7 @@ class SensorStream:
 
     @property
     def last_t(self) -> float:
-        return float(self._t[self._hi - 1])
+        return self._last
 
     def clear(self) -> None:
         """Forget samples and rate: after a gap the watch may come back at another rate."""
@@ -94,6 +97,7 @@ class SensorStream:
         self._intervals.clear()
         self._rate = None
         self._fresh = 0
+        self._lookahead = 0.0
 
     def append(self, t: float, xyz: Sequence[float]) -> None:
         """Caller guarantees t is later than last_t."""
@@ -105,6 +109,7 @@ class SensorStream:
         self._t[self._hi] = t
         self._v[self._hi] = xyz
         self._hi += 1
+        self._last = float(t)
 
     def _make_room(self) -> None:
         n = len(self)
@@ -128,6 +133,7 @@ class SensorStream:
         if self._rate is None or self._fresh >= RATE_INTERVALS // 4:
             self._rate = 1.0 / statistics.median(self._intervals)
             self._fresh = 0
+            self._lookahead = self.half_width if self._rate > FILTER_ABOVE * self.grid_rate_hz else 0.0
         return self._rate
 
     @property
@@ -138,10 +144,11 @@ class SensorStream:
     @property
     def lookahead(self) -> float:
         """How far past a grid time the stream must reach before that time can be read."""
-        return self.half_width if self.filtered else 0.0
+        self.rate_hz  # noqa: B018 - brings the rate, and with it the lookahead, up to date
+        return self._lookahead
 
     def can_read(self, g: float) -> bool:
-        return len(self) > 0 and self.last_t >= g + self.lookahead
+        return self._hi > self._lo and self._last >= g + self.lookahead
 
     def value_at(self, g: float) -> np.ndarray:
         t = self._t[self._lo : self._hi]
