@@ -11,8 +11,8 @@ import pytest
 
 from l2mu.agent.broker import LocalBroker, free_port, mosquitto_binary
 from l2mu.agent.mqtt import MqttPublisher
-from l2mu.agent.outbox import Outbox
-from tests.support.mqtt import Subscriber, decisions, make_recording, run_agent
+from l2mu.agent.outbox import JOURNAL, Outbox, read_journal
+from tests.support.mqtt import StderrLines, Subscriber, decisions, make_recording, run_agent
 
 
 @pytest.fixture
@@ -114,3 +114,65 @@ def test_agent_streams_through_a_broker_outage(restartable: LocalBroker, tiny_pr
     # The subscriber saw seq ≤ 4 before the outage (taken above); everything from there on arrives.
     assert_complete_and_in_order(list(range(5)) + [s for s in seqs if s >= 5], made)
     assert "lost the broker" in err
+
+
+@pytest.mark.parametrize("queued_in", ["memory", "queue-dir"])
+def test_agent_started_before_the_broker_delivers_every_decision_from_seq_0(
+        restartable: LocalBroker, tiny_program: Path, wisdm_root: Path, tmp_path: Path, queued_in: str) -> None:
+    """After a power cut the Pi often boots before the broker: the agent must not wait for it, nor lose a decision."""
+    watch = f"late-{queued_in}"
+    recording = make_recording(wisdm_root, tmp_path / f"{watch}.csv.gz", "FGR", seconds=12)
+    # The consumer's persistent session exists before the agent starts, so what the agent delivers the moment the
+    # broker appears is kept for it while it is itself reconnecting; the agent has never seen this broker.
+    sub = Subscriber(restartable.port, f"har/activity/{watch}", client_id=f"late-sub-{queued_in}", clean=False)
+    restartable.stop()
+    queue_dir = tmp_path / "queue"
+    proc = run_agent("--watch", f"replay:{recording}", "--mqtt", restartable.url, "--model", str(tiny_program),
+                     "--speed", "4", "--agent-id", watch,
+                     *(["--queue-dir", str(queue_dir)] if queued_in == "queue-dir" else []))
+    err = StderrLines(proc)
+    try:
+        warning = err.wait_for("cannot reach MQTT broker", timeout=120)  # model loading is slow on a busy machine
+        time.sleep(3)  # a dozen decisions are made and queued meanwhile
+        assert proc.poll() is None, "the agent gave up on the absent broker"
+        restartable.start()
+        connected = err.wait_for("connected to MQTT broker", timeout=60)
+        assert proc.wait(120) == 0, "\n".join(err.all())
+        msgs = sub.drain(1.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sub.close()
+    lines = err.all()
+    assert warning == (f"WARNING l2mu.agent.mqtt: cannot reach MQTT broker 127.0.0.1:{restartable.port} (Connection "
+                       "refused); decisions are queued until it answers, retrying every 1–30 s")
+    assert connected.startswith(f"INFO l2mu.agent.mqtt: connected to MQTT broker 127.0.0.1:{restartable.port} after ")
+    backlog = int(connected.split("delivering ")[1].split()[0])
+    assert backlog >= 8, connected
+    # One line each way, none per retry, and nothing else about the broker.
+    assert sum("MQTT broker" in ln or "the broker" in ln for ln in lines) == 2, lines
+    assert not any("Traceback" in ln or ln.startswith(("ERROR", "error:")) for ln in lines), lines
+    made = int(next(ln for ln in lines if ln.startswith(f"{watch}: ")).split()[1])
+    assert made >= 30
+    assert_complete_and_in_order([d["seq"] for d in decisions(msgs, f"har/activity/{watch}")], made)
+    if queued_in == "queue-dir":
+        assert read_journal(queue_dir / JOURNAL).entries == []  # all delivered, nothing left for the next start
+
+
+def test_broker_configuration_errors_still_stop_the_start(tiny_program: Path, tmp_path: Path) -> None:
+    """Only reachability is retried: what the user must fix ends `run` with one line, even if no broker listens."""
+    port = free_port()
+    cases = {
+        "--password-file": (["--username", "u", "--password-file", str(tmp_path / "missing")],
+                            f"error: --password-file {tmp_path / 'missing'}: cannot read it"),
+        "--ca-file": (["--ca-file", str(tmp_path / "ca.pem")],
+                      f"error: --ca-file {tmp_path / 'ca.pem'}: file not found"),
+    }
+    for option, (args, expected) in cases.items():
+        scheme = "mqtts" if option == "--ca-file" else "mqtt"
+        proc = run_agent("--watch", "demo", "--model", str(tiny_program), "--mqtt", f"{scheme}://127.0.0.1:{port}",
+                         *args)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (option, err)
+        assert err.strip().splitlines() == [err.strip()] and err.startswith(expected), (option, err)
