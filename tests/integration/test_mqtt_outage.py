@@ -176,3 +176,41 @@ def test_broker_configuration_errors_still_stop_the_start(tiny_program: Path, tm
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, (option, err)
         assert err.strip().splitlines() == [err.strip()] and err.startswith(expected), (option, err)
+
+
+def test_a_damaged_journal_is_recovered_and_run_goes_on(mosquitto, tiny_program: Path, wisdm_root: Path,  # noqa: ANN001
+                                                        tmp_path: Path) -> None:
+    """A power cut left torn lines, bytes that are not UTF-8 and a zeroed block in the queue: `run` used to stop
+    with `error: 'utf-8' codec can't decode byte 0xff …`, and systemd restarted it into the same error forever."""
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    old = [json.dumps({"id": i, "topic": "har/activity/before-cut", "payload": json.dumps({"seq": i}),
+                       "retain": True}).encode() + b"\n" for i in range(12)]
+    old[3] = b"\xff\xfe\x00\x01 not a record\n"
+    old[6] = bytes(len(old[6]) - 1) + b"\n"  # a zeroed block
+    damaged = b"".join(old) + b'{"id": 12, "topic": "har/act'
+    (queue_dir / JOURNAL).write_bytes(damaged)
+    recording = make_recording(wisdm_root, tmp_path / "after-cut.csv.gz", "F", seconds=6)
+    sub = Subscriber(mosquitto.port, "har/activity/#")
+    try:
+        proc = run_agent("--watch", f"replay:{recording}", "--mqtt", mosquitto.url, "--model", str(tiny_program),
+                         "--speed", "0", "--queue-dir", str(queue_dir), "--agent-id", "after-cut")
+        _, err = proc.communicate(timeout=120)
+        msgs = [m for m in sub.drain(1.0) if not m[2]]
+    finally:
+        sub.close()
+    assert proc.returncode == 0, err
+    kept = list(queue_dir.glob(JOURNAL + ".damaged-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged
+    warnings = [ln for ln in err.splitlines() if "is damaged" in ln]
+    assert warnings == [f"WARNING l2mu.agent.outbox: outbox {queue_dir / JOURNAL} is damaged (torn lines, bytes "
+                        "that are not UTF-8 or zeroed blocks): 3 unreadable records skipped, 10 messages recovered; "
+                        f"the damaged file is kept as {kept[0]} and a clean journal replaces it"], err
+    assert "Traceback" not in err and "error:" not in err
+    # Everything readable was delivered, before the new run's own decisions; then nothing is left in the journal.
+    assert [d["seq"] for d in decisions(msgs, "har/activity/before-cut")] == [0, 1, 2, 4, 5, 7, 8, 9, 10, 11]
+    topics = [t for t, _, _ in msgs]
+    assert topics.index("har/activity/after-cut") > max(i for i, t in enumerate(topics) if t.endswith("before-cut"))
+    made = int(next(ln for ln in err.splitlines() if ln.startswith("after-cut: ")).split()[1])
+    assert [d["seq"] for d in decisions(msgs, "har/activity/after-cut")] == list(range(made))
+    assert read_journal(queue_dir / JOURNAL).entries == [] and (queue_dir / JOURNAL).is_file()
