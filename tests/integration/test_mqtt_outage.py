@@ -12,7 +12,7 @@ import pytest
 from l2mu.agent.broker import LocalBroker, free_port, mosquitto_binary
 from l2mu.agent.mqtt import MqttPublisher
 from l2mu.agent.outbox import JOURNAL, Outbox, read_journal
-from tests.support.mqtt import StderrLines, Subscriber, decisions, make_recording, run_agent
+from tests.support.mqtt import StderrLines, Subscriber, decisions, make_certificates, make_recording, run_agent
 
 
 @pytest.fixture
@@ -214,3 +214,35 @@ def test_a_damaged_journal_is_recovered_and_run_goes_on(mosquitto, tiny_program:
     made = int(next(ln for ln in err.splitlines() if ln.startswith("after-cut: ")).split()[1])
     assert [d["seq"] for d in decisions(msgs, "har/activity/after-cut")] == list(range(made))
     assert read_journal(queue_dir / JOURNAL).entries == [] and (queue_dir / JOURNAL).is_file()
+
+
+def test_a_broker_that_appears_with_an_untrusted_certificate_is_one_error_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Absent at start, then there but failing the TLS handshake: said once per reason, not once per retry."""
+    import logging
+
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
+    certs = make_certificates(tmp_path)
+    tls_port = free_port()
+    broker = LocalBroker(prefer="mosquitto", files={n: p.read_bytes() for n, p in certs.items()},
+                         extra_config=f"listener {tls_port} 127.0.0.1\n"
+                                      "cafile {dir}/ca.crt\ncertfile {dir}/server.crt\nkeyfile {dir}/server.key\n")
+    # No --ca-file: the system CAs do not know the test CA.
+    pub = MqttPublisher(f"mqtts://127.0.0.1:{tls_port}", "late-tls", retry_min_s=0.1, retry_max_s=0.3)
+    caplog.set_level(logging.INFO, logger="l2mu.agent.mqtt")
+    try:
+        assert pub.connect() is False
+        broker.start()
+        deadline = time.monotonic() + 3  # ten retries or more
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pub.connected.is_set()
+    finally:
+        pub.close(drain_timeout=0.1)
+        broker.stop()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("cannot reach MQTT broker" in ln for ln in lines) == 1, lines
+    tls = [ln for ln in lines if "TLS with MQTT broker" in ln]
+    assert len(tls) == 1 and tls[0].startswith(f"TLS with MQTT broker 127.0.0.1:{tls_port} failed ("), lines
+    assert tls[0].endswith("); retrying")
