@@ -18,6 +18,7 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -54,6 +55,8 @@ class AgentApp:
     echo: EchoSubscriber | None = None
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _closed: bool = False
+    _ready: bool = False
+    _status_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> AgentApp:
         return self
@@ -70,7 +73,11 @@ class AgentApp:
         self._stack.close()
 
     def connect(self) -> None:
-        """Open the broker session (and the echo's); then tell systemd the agent is ready."""
+        """Open the broker session (and the echo's); then tell systemd the agent is ready.
+
+        READY=1 means: the model loaded and every decision from now on is kept — published, or queued until the
+        broker answers. A broker that is down is not a failed start (systemd would only restart the agent into
+        the same wait, and the queue would be lost each time); STATUS= says whether it is reached."""
         from l2mu.agent.mqtt import MqttPublisher
 
         if self.echo is not None:
@@ -78,10 +85,21 @@ class AgentApp:
         if isinstance(self.sink, MqttPublisher):
             where = f"{self.sink.address.host}:{self.sink.address.port}"
             self.notifier.status(f"connecting to {where}")
+            self.sink.on_connection = lambda _up: self._report(where)  # STATUS= follows the broker
             self.sink.connect()
-            # Ready only now: the model loaded and the broker took the session, so systemd's ordering means something.
-            self.notifier.ready(f"running: {len(self.sources)} watch(es), model {self.classifier.meta.name}, "
-                                f"broker {where}")
+            self._report(where, ready=True)
+
+    def _report(self, where: str, ready: bool = False) -> None:
+        """READY=1 (once) or STATUS= with the broker's state now; paho's thread and this one both report."""
+        with self._status_lock:
+            running = f"running: {len(self.sources)} watch(es), model {self.classifier.meta.name}"
+            line = (f"{running}, broker {where}" if self.sink.connected.is_set()  # type: ignore[attr-defined]
+                    else f"{running}; broker {where} not reached, decisions are queued")
+            if ready:
+                self._ready = True
+                self.notifier.ready(line)
+            elif self._ready:
+                self.notifier.status(line)
 
     def run(self) -> None:
         """Serve until every watch ended, or SIGINT/SIGTERM."""
@@ -185,7 +203,8 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
         stack.callback(outbox.close)
         publisher = MqttPublisher(url, agent_id, prefix=s.topic_prefix, security=security, outbox=outbox,
                                   protocol=protocol, discovery=discovery, discovery_prefix=s.ha_prefix,
-                                  on_delivered=on_delivered, slow_after_s=s.slow_broker_s)
+                                  on_delivered=on_delivered, slow_after_s=s.slow_broker_s,
+                                  retry_min_s=s.mqtt_retry_min_s, retry_max_s=s.mqtt_retry_max_s)
         stack.callback(publisher.close, drain_timeout=s.drain_s)
         sink = publisher
 

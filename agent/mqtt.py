@@ -4,6 +4,9 @@ Decisions go through an `Outbox` and are handed to paho by one sender thread, on
 time: the next batch only once the broker acknowledged the previous one. paho resends its own
 unacknowledged messages first after a reconnect, so holding the rest back keeps every watch's
 decisions in order across outages; messages queued while the broker is away wait in the outbox.
+A broker that cannot be reached at start is no different: the agent runs, decisions queue, and a
+connector thread keeps trying (1 s doubling to 30 s) until it answers. Only what the user must fix
+(a bad URL, unreadable credentials or TLS files, a TLS handshake that fails) stops the start.
 See docs/mqtt.md for the topics and their semantics.
 """
 
@@ -14,6 +17,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -92,6 +96,15 @@ class MqttSecurity:
         return any((self.ca_file, self.cert_file, self.key_file))
 
 
+def _why(exc: OSError) -> str:
+    """An OSError as its reason alone ("Connection refused"), without errno numbers or repeated host names."""
+    if isinstance(exc, socket.gaierror):
+        return f"name lookup failed: {exc.strerror or exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def status_topic(prefix: str, agent_id: str) -> str:
     return f"{prefix}/status/{agent_id}"
 
@@ -111,9 +124,13 @@ class MqttPublisher:
                  security: MqttSecurity | None = None, outbox: Outbox | None = None, protocol: str = "5",
                  discovery: list[tuple[str, str]] | None = None, discovery_prefix: str = DEFAULTS.ha_prefix,
                  on_delivered: Callable[[str, str, float], None] | None = None,
-                 slow_after_s: float = DEFAULTS.slow_broker_s) -> None:
+                 slow_after_s: float = DEFAULTS.slow_broker_s,
+                 on_connection: Callable[[bool], None] | None = None,
+                 retry_min_s: float = DEFAULTS.mqtt_retry_min_s, retry_max_s: float = DEFAULTS.mqtt_retry_max_s,
+                 ) -> None:
         """on_delivered(topic, payload, monotonic time of the PUBACK) is called, on the sender thread, for
-        every decision the broker accepted (the load benchmark measures latency with it)."""
+        every decision the broker accepted (the load benchmark measures latency with it). on_connection(up)
+        is called on paho's thread whenever the session opens (True) or is lost (False)."""
         self.address = BrokerAddress.parse(url)
         self.prefix = prefix
         self.agent_id = agent_id
@@ -127,7 +144,13 @@ class MqttPublisher:
         self.discovery_prefix = discovery_prefix
         self.on_delivered = on_delivered
         self.slow_after_s = slow_after_s
+        self.on_connection = on_connection
+        self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self.connected = threading.Event()
+        self._away_since: float | None = None  # monotonic time the broker was last found missing; None while up
+        self._closing = threading.Event()
+        self._connect_lock = threading.Lock()  # close() must not race a connector that is about to start the loop
+        self._connector: threading.Thread | None = None
         self._answered = threading.Event()  # the broker replied to a CONNECT, yes or no
         self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._denied: set[str] = set()
@@ -142,7 +165,7 @@ class MqttPublisher:
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.reconnect_delay_set(min_delay=retry_min_s, max_delay=retry_max_s)
         if self.security.username:
             self._client.username_pw_set(self.security.username, self.security.password)
         if self.address.tls:
@@ -170,13 +193,19 @@ class MqttPublisher:
             client.subscribe(f"{self.discovery_prefix}/{HA_STATUS}", qos=1)
             self._publish_discovery(client)
         self.connected.set()
-        self._events.put(("wake",))
+        away_since, self._away_since = self._away_since, None
+        self._events.put(("wake", away_since))
+        if self.on_connection:
+            self.on_connection(True)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was_connected = self.connected.is_set()
         self.connected.clear()
         if was_connected and reason_code != 0:  # a refused CONNECT was already reported by _on_connect
+            self._away_since = time.monotonic()
             log.warning("lost the broker at %s:%d (%s); retrying", self.address.host, self.address.port, reason_code)
+        if was_connected and self.on_connection:
+            self.on_connection(False)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         # paho calls this holding its message lock: hand the ack to the sender, never touch shared state here.
@@ -221,6 +250,9 @@ class MqttPublisher:
                 flushes.append(event[1])  # queued behind every earlier put, so empty then means delivered
             elif kind == "wake":
                 progress = time.monotonic()  # (re)connected: paho resends what is in flight, the clock restarts
+                if event[1] is not None:  # it had been missing: say so once, here, where the queue's size is known
+                    log.info("connected to MQTT broker %s:%d after %.0f s without it; delivering %d queued decisions",
+                             self.address.host, self.address.port, progress - event[1], len(self.outbox))
             elif kind == "ack":
                 _, mid, reason_code, acked_at = event
                 entry_id = inflight.pop(mid, None)
@@ -259,20 +291,57 @@ class MqttPublisher:
 
     # --- API (agent thread) ----------------------------------------------------------------------
 
-    def connect(self, timeout: float = 10.0) -> None:
-        """Open the session. An unreachable broker or a failed TLS handshake is an error; a broker that
-        refuses the credentials is logged and retried in the background, decisions queue meanwhile."""
+    def connect(self, timeout: float = 10.0) -> bool:
+        """Open the session; True once the broker answered. A broker that cannot be reached (no such host,
+        connection refused, timeout) or that does not answer is logged once and tried again in the background
+        while decisions queue: then False. A failed TLS handshake is a configuration error (MqttError); a broker
+        that refuses the credentials is logged and retried, decisions queue meanwhile."""
         try:
             self._client.connect(self.address.host, self.address.port, keepalive=30)
         except ssl.SSLError as exc:
             raise MqttError(f"TLS with MQTT broker {self.address.host}:{self.address.port} failed "
                             f"({exc.reason or exc})") from exc
         except OSError as exc:
-            raise MqttError(f"cannot reach MQTT broker {self.address.host}:{self.address.port} ({exc})") from exc
+            self._away_since = time.monotonic()
+            log.warning("cannot reach MQTT broker %s:%d (%s); decisions are queued until it answers, retrying "
+                        "every %g–%g s", self.address.host, self.address.port, _why(exc), self.retry_min_s,
+                        self.retry_max_s)
+            self._connector = threading.Thread(target=self._keep_connecting, name="mqtt-connector", daemon=True)
+            self._connector.start()
+            return False
         self._client.loop_start()
         if not self._answered.wait(timeout):
-            self._client.loop_stop()
-            raise MqttError(f"MQTT broker {self.address.host}:{self.address.port} did not accept the connection")
+            # Reachable but silent (a hung broker, another service on that port): paho gives up on the CONNECT
+            # after its keep-alive and reconnects by itself; decisions queue meanwhile.
+            self._away_since = time.monotonic()
+            log.warning("MQTT broker %s:%d took the connection but did not answer within %g s; decisions are "
+                        "queued until it does", self.address.host, self.address.port, timeout)
+            return False
+        return True
+
+    def _keep_connecting(self) -> None:
+        """Connector thread: retry the first connection with back-off until it works or the publisher closes;
+        then paho's own loop takes over (it reconnects after later losses by itself)."""
+        delay, tls_failure = self.retry_min_s, None
+        while not self._closing.wait(delay):
+            delay = min(delay * 2, self.retry_max_s)
+            with self._connect_lock:
+                if self._closing.is_set():
+                    return
+                try:
+                    self._client.connect(self.address.host, self.address.port, keepalive=30)
+                except ssl.SSLError as exc:
+                    # The broker is there now, but the handshake fails: worth one line per distinct reason.
+                    reason = str(exc.reason or exc)
+                    if reason != tls_failure:
+                        tls_failure = reason
+                        log.error("TLS with MQTT broker %s:%d failed (%s); retrying", self.address.host,
+                                  self.address.port, reason)
+                    continue
+                except OSError:
+                    continue  # still unreachable: the warning at start said so, and a retry every few s is no news
+                self._client.loop_start()
+                return
 
     def publish_decision(self, watch_id: str, payload: dict) -> None:
         # Retained: a subscriber that arrives late sees the current activity at once.
@@ -296,6 +365,9 @@ class MqttPublisher:
         if (self.connected.is_set() or not self.outbox.persistent) and not self.flush(drain_timeout):
             log.warning("%d decisions not delivered at exit%s", len(self.outbox),
                         "; they stay in the queue directory" if self.outbox.persistent else "")
+        self._closing.set()
+        with self._connect_lock:  # a connector mid-attempt finishes it first; none starts paho's loop after this
+            pass
         self._events.put(("stop",))
         self._sender.join(5)
         if self.connected.is_set():

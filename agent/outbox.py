@@ -9,8 +9,13 @@ On-disk format: `outbox.jsonl`, append-only JSON lines, `{"id": N, "topic": …,
 was dropped). Loading replays the journal: queued minus acknowledged, in id order. After
 ROTATE_AFTER acknowledgements the journal is rewritten with only what is still pending, to a
 temporary file that atomically replaces it, so a crash at any point leaves a valid journal
-(at worst one that redelivers a message: subscribers tell duplicates by `seq`). A torn last
-line from a crash mid-write is skipped.
+(at worst one that redelivers a message: subscribers tell duplicates by `seq`).
+
+A journal damaged by a power cut never stops the agent: whatever cannot be read — a torn line, bytes
+that are not UTF-8, a block of NUL bytes where the file system lost data, a record of the wrong shape —
+is skipped and counted, everything readable is queued, and one WARNING names the file, the count and
+where the damaged file is kept (`outbox.jsonl.damaged-<unix time>`, only the latest one) before a clean
+journal replaces it. A journal that is not a regular file (a directory, a FIFO) is moved aside the same way.
 
 A disk that refuses writes (full, quota, read-only) never costs a decision: the outbox logs one
 line and keeps queueing in memory; every RETRY_DISK_S it tries to write the whole queue to a fresh
@@ -27,9 +32,13 @@ import fcntl
 import json
 import logging
 import os
+import re
+import shutil
+import stat
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -39,8 +48,10 @@ from l2mu.agent.settings import DEFAULTS
 log = logging.getLogger(__name__)
 
 JOURNAL = "outbox.jsonl"
+DAMAGED = JOURNAL + ".damaged-"  # + Unix time: the last damaged journal, kept for inspection
 ROTATE_AFTER = 1000
 RETRY_DISK_S = 5.0  # how often a journal that could not be written is tried again
+_NULS = re.compile(rb"(\x00+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,96 @@ class Entry:
     topic: str
     payload: str
     retain: bool
+
+
+@dataclass
+class JournalRead:
+    """What `read_journal` found: the messages still queued, and what could not be read."""
+
+    entries: list[Entry] = field(default_factory=list)
+    skipped: int = 0  # unreadable records: each damaged stretch of a line counts once (a zeroed block too)
+    problem: str | None = None  # why (part of) the file could not be read at all; None when it could
+
+    @property
+    def damaged(self) -> bool:
+        return self.skipped > 0 or self.problem is not None
+
+
+def read_journal(path: Path) -> JournalRead:
+    """Replay a journal: queued minus acknowledged, in id order, skipping whatever is unreadable.
+
+    Raises OutboxError only when the file may not be read at all (permissions): that needs the user."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer that never comes.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return JournalRead()
+    except PermissionError as exc:
+        raise OutboxError(f"--queue-dir {path.parent}: cannot read {path.name} ({exc.strerror})") from None
+    except OSError as exc:
+        return JournalRead(problem=f"it cannot be opened ({exc.strerror or exc})")
+    out = JournalRead()
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        out.problem = f"it is {_kind(mode)}, not a regular file"
+        return out
+    with open(fd, "rb") as fh:
+        queued: dict[int, Entry] = {}
+        try:
+            for line in fh:
+                for rec in _records(line, out):
+                    if isinstance(rec, Entry):
+                        queued[rec.id] = rec
+                    else:
+                        queued.pop(rec, None)
+        except OSError as exc:  # an I/O error part-way: keep what came before it
+            out.problem = f"reading it failed part-way ({exc.strerror or exc})"
+    out.entries = [queued[i] for i in sorted(queued)]
+    return out
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "something else"
+
+
+def _records(line: bytes, out: JournalRead) -> Iterator[Entry | int]:
+    """The records of one journal line (an Entry, or the id an ack record acknowledges). A line torn by a
+    crash, or with a zeroed block in it, may still hold a whole record after the block: each stretch
+    between NUL runs is tried, and each run of unreadable stretches counts as one skipped record."""
+    body = line.rstrip(b"\n")
+    bad = False  # the previous stretch of this line was unreadable
+    for i, part in enumerate(_NULS.split(body)):
+        rec = None if i % 2 else _record(part)  # odd parts are the NUL runs themselves
+        if rec is None and (i % 2 or part.strip()):
+            if not bad:
+                out.skipped += 1
+            bad = True
+        elif rec is not None:
+            bad = False
+            yield rec
+
+
+def _record(raw: bytes) -> Entry | int | None:
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and json's errors both are
+        return None
+    if not isinstance(rec, dict):
+        return None
+    if "ack" in rec:
+        ack = rec["ack"]
+        return ack if type(ack) is int else None
+    i, topic, payload, retain = rec.get("id"), rec.get("topic"), rec.get("payload"), rec.get("retain")
+    # Checked here because a bad topic would make the MQTT client raise on the sender thread, much later.
+    if (type(i) is not int or not isinstance(topic, str) or not topic or any(c in topic for c in "+#\0")
+            or not isinstance(payload, str) or not isinstance(retain, bool)):
+        return None
+    return Entry(i, topic, payload, retain)
 
 
 class Outbox:
@@ -87,9 +188,13 @@ class Outbox:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise OutboxError(f"--queue-dir {self._dir}: another agent is using it") from None
-        entries = self._load(self._dir / JOURNAL)
+        path = self._dir / JOURNAL
+        found = read_journal(path)
+        entries = found.entries
         self.pending.extend(entries)
         self._next_id = max((e.id for e in entries), default=-1) + 1
+        if found.damaged:
+            self._set_aside(path, found)
         if entries:
             log.info("outbox %s: %d messages from before the restart are queued for delivery", self._dir, len(entries))
         try:
@@ -97,23 +202,25 @@ class Outbox:
         except OSError as exc:
             self._disk_failed(exc)
 
-    @staticmethod
-    def _load(path: Path) -> list[Entry]:
-        if not path.exists():
-            return []
-        queued: dict[int, Entry] = {}
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                try:
-                    rec = json.loads(line)
-                    if "ack" in rec:
-                        queued.pop(int(rec["ack"]), None)
-                    else:
-                        entry = Entry(int(rec["id"]), rec["topic"], rec["payload"], bool(rec["retain"]))
-                        queued[entry.id] = entry
-                except (ValueError, KeyError, TypeError):
-                    log.warning("outbox %s:%d: skipped an unreadable line (cut short by a crash?)", path, lineno)
-        return [queued[i] for i in sorted(queued)]
+    def _set_aside(self, path: Path, found: JournalRead) -> None:
+        """Keep a damaged journal beside the clean one the next rotation writes, replacing the previous damaged one."""
+        assert self._dir is not None
+        for old in self._dir.glob(DAMAGED + "*"):
+            with contextlib.suppress(OSError):
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+        kept = self._dir / f"{DAMAGED}{int(time.time())}"
+        try:
+            os.replace(path, kept)
+            where = f"is kept as {kept}"
+        except OSError as exc:
+            where = f"could not be kept aside ({exc.strerror or exc})"
+        log.warning("outbox %s is damaged (%s): %d unreadable records skipped, %d messages recovered; the damaged "
+                    "file %s and a clean journal replaces it", path,
+                    found.problem or "torn lines, bytes that are not UTF-8 or zeroed blocks", found.skipped,
+                    len(found.entries), where)
 
     def _write(self, rec: dict, sync: bool) -> None:
         if self._journal is None:
@@ -158,6 +265,8 @@ class Outbox:
         path, tmp = self._dir / JOURNAL, self._dir / (JOURNAL + ".tmp")
         if self._journal is not None:
             self._journal.close()
+        with contextlib.suppress(FileNotFoundError):  # left by a crash mid-rotation; if a FIFO, opening it would hang
+            os.unlink(tmp)
         with open(tmp, "w", encoding="utf-8") as fh:
             for e in sorted([*self.unacked.values(), *self.pending], key=lambda e: e.id):
                 fh.write(json.dumps({"id": e.id, "topic": e.topic, "payload": e.payload, "retain": e.retain},

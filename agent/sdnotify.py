@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,16 @@ def watchdog_interval(env: Mapping[str, str] | None = None, pid: int | None = No
 
 
 class Notifier:
-    """Sends state lines to systemd; every method is a no-op when not started by systemd with Type=notify."""
+    """Sends state lines to systemd; every method is a no-op when not started by systemd with Type=notify.
+
+    Thread-safe: the MQTT client's thread reports the broker's state in STATUS= while the event loop pings."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         self.address = socket_address(env.get("NOTIFY_SOCKET", ""))
         self.watchdog_s = watchdog_interval(env) if self.address is not None else None
         self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -56,9 +60,10 @@ class Notifier:
         if self.address is None:
             return False
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(lines).encode(), self.address)
+            with self._lock:
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.sendto("\n".join(lines).encode(), self.address)
         except OSError as exc:
             # A lost notification must not take the agent down; systemd's timeouts report it instead.
             log.warning("sd_notify to %s failed: %s", self.address, exc)
@@ -75,9 +80,10 @@ class Notifier:
         return self.notify("STOPPING=1", f"STATUS={status}")
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
 
 async def watchdog_pings(notifier: Notifier, healthy: Callable[[], bool], interval_s: float | None = None) -> None:

@@ -58,6 +58,9 @@ class Settings:
     intake_queue: int = 1024  # samples per watch waiting for the pipeline: ~10 s of a 52 Hz acc + gyro watch
     intake_max_age_s: float = 1.0  # a sample older than this is useless to a decision published once a second
     slow_broker_s: float = 5.0  # a connected broker that acknowledged nothing for this long is reported as slow
+    # A broker not reached (at start or after a loss) is tried again after 1 s, doubling to 30 s.
+    mqtt_retry_min_s: float = 1.0
+    mqtt_retry_max_s: float = 30.0
     drain_s: float = 10.0  # how long a stopping agent waits for the broker to take what is still queued
 
     @classmethod

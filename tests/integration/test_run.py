@@ -88,11 +88,31 @@ def test_demo_with_embedded_broker_prints_received_messages_with_truth(tiny_prog
     assert all("true: typing" in ln for ln in lines)  # the demo starts with 30 s of typing
 
 
-def test_unreachable_broker_is_one_line_error(tiny_program: Path) -> None:
+def test_unreachable_broker_is_waited_for_not_fatal(tiny_program: Path) -> None:
+    """It used to be `error: cannot reach MQTT broker …`, exit 2: now the agent runs, queues and keeps trying."""
     from l2mu.agent.broker import free_port
+    from tests.support.mqtt import StderrLines
 
-    proc = run_agent("--watch", "demo", "--model", str(tiny_program), "--mqtt", f"mqtt://127.0.0.1:{free_port()}")
+    port = free_port()
+    proc = run_agent("--watch", "demo", "--model", str(tiny_program), "--mqtt", f"mqtt://127.0.0.1:{port}",
+                     "--speed", "20")
+    err = StderrLines(proc)
+    try:
+        err.wait_for(f"cannot reach MQTT broker 127.0.0.1:{port}", timeout=120)
+        time.sleep(2.5)  # at 20× the demo makes decisions quickly, and retries come at 1 and 3 s
+        assert proc.poll() is None, "\n".join(err.seen)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    lines = err.all()
+    assert sum("cannot reach MQTT broker" in ln for ln in lines) == 1, lines
+    # Without --queue-dir it waits --drain s for the broker, then says what could not be delivered.
+    assert any(ln.startswith("WARNING l2mu.agent.mqtt: ") and "decisions not delivered at exit" in ln for ln in lines)
+    assert not any("Traceback" in ln or ln.startswith("error:") for ln in lines), lines
+
+
+def test_bad_broker_url_is_one_line_error(tiny_program: Path) -> None:
+    proc = run_agent("--watch", "demo", "--model", str(tiny_program), "--mqtt", "mqtt://127.0.0.1:port")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert err.strip().startswith("error: cannot reach MQTT broker 127.0.0.1:")
-    assert len(err.strip().splitlines()) == 1
+    assert err.strip().splitlines() == ["error: broker URL 'mqtt://127.0.0.1:port': bad port"], err

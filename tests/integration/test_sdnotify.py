@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
-from tests.support.cli import cli_command
 from tests.support.mqtt import Subscriber, make_recording, run_agent
 from tests.support.sdnotify import receive
 
@@ -70,15 +67,44 @@ def test_run_speaks_notify_protocol(notify_socket: tuple[socket.socket, str], mo
     assert "Traceback" not in proc.stderr.read()
 
 
-def test_no_ready_when_broker_unreachable(notify_socket: tuple[socket.socket, str], tiny_program: Path,
-                                          wisdm_root: Path, tmp_path: Path) -> None:
+def test_ready_and_watchdog_while_the_broker_is_unreachable(notify_socket: tuple[socket.socket, str],
+                                                            tiny_program: Path, wisdm_root: Path,
+                                                            tmp_path: Path) -> None:
+    """A broker that is down is no failed start: READY=1 comes anyway (STATUS= says so), the watchdog is pinged
+    while it stays down, STATUS= follows it when it appears, and SIGTERM is a clean stop. Otherwise systemd would
+    restart the agent into the same wait every TimeoutStartSec, dropping what it had queued each time."""
+    from l2mu.agent.broker import LocalBroker
+
     sock, path = notify_socket
-    recording = make_recording(wisdm_root, tmp_path / "svc.csv.gz", activities="F", seconds=5)
-    proc = subprocess.run(
-        [*cli_command(), "run", "--watch", f"replay:{recording}", "--mqtt",
-         "mqtt://127.0.0.1:1", "--model", str(tiny_program)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "NOTIFY_SOCKET": path},
-    )
-    assert proc.returncode == 2 and "cannot reach MQTT broker" in proc.stderr
-    lines = [line for _, ls in receive(sock, 0.3) for line in ls]
-    assert "READY=1" not in lines and "STOPPING=1" in lines
+    recording = make_recording(wisdm_root, tmp_path / "svc.csv.gz", seconds=12)
+    broker = LocalBroker(prefer="mosquitto")  # its port is free: nothing listens there until start()
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "PYTHONUNBUFFERED": "1"}
+    proc = run_agent("--watch", f"replay:{recording}", "--mqtt", broker.url, "--model", str(tiny_program),
+                     "--agent-id", "svc-late", "--queue-dir", str(tmp_path / "queue"), env=env)
+    status = None
+    try:
+        ready = wait_for(sock, "READY=1", timeout=120)[-1][1]
+        where = f"broker 127.0.0.1:{broker.port}"
+        assert "STATUS=running: 1 watch(es), model tiny-test; " + where + " not reached, decisions are queued" \
+            in ready, ready
+        got = receive(sock, 2.2)
+        pings = [t for t, lines in got if lines == ["WATCHDOG=1"]]
+        assert len(pings) >= 3, got  # every 0.5 s for a 1 s watchdog, broker or not
+        assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 1.0
+        assert proc.poll() is None
+        broker.start()
+        status = Subscriber(broker.port, "har/status/svc-late")
+        seen = wait_for(sock, f"STATUS=running: 1 watch(es), model tiny-test, {where}", timeout=40)
+        assert any(lines == ["WATCHDOG=1"] for _, lines in seen)
+        status.take(timeout=5, topic="har/status/svc-late", payload=b"online")
+        proc.send_signal(signal.SIGTERM)
+        wait_for(sock, "STOPPING=1", timeout=10)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if status is not None:
+            status.close()
+        broker.stop()
+    assert "Traceback" not in proc.stderr.read()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -85,6 +86,54 @@ def run_agent(*args: str, env: dict | None = None) -> subprocess.Popen:
 
     return subprocess.Popen([*cli_command(), "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **(env or {})})
+
+
+class StderrLines:
+    """A running agent's stderr, read on a thread, so that a test can wait for a line while the agent runs."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        import threading
+
+        self._proc = proc
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._done = False
+        assert proc.stderr is not None
+        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:  # noqa: ANN001
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def _next(self, timeout: float) -> str | None:
+        item = self._queue.get(timeout=timeout)
+        if item is None:
+            self._done = True
+        else:
+            self.seen.append(item)
+        return item
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The first line (from now on) that contains `text`."""
+        deadline = time.monotonic() + timeout
+        while not self._done and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._next(left)
+            except queue.Empty:
+                break
+            if line is not None and text in line:
+                return line
+        raise AssertionError(f"no line with {text!r} within {timeout} s; stderr so far:\n" + "\n".join(self.seen))
+
+    def all(self, timeout: float = 10.0) -> list[str]:
+        """Every line, once the process has closed its stderr."""
+        deadline = time.monotonic() + timeout
+        while not self._done and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                self._next(left)
+        return self.seen
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:
