@@ -76,6 +76,20 @@ def test_same_grid_swap_finishes_windows_in_flight_on_the_old_model(
     assert not agent.sessions[0].retiring  # the old model's chains are all given back
 
 
+def test_two_programs_of_one_name_are_told_apart_by_model_id(recording: list[Sample], programs: dict,
+                                                            tmp_path: Path) -> None:
+    path = copy_program("hand7-acc-gyro", tmp_path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**meta, "name": "hand8-acc-gyro"}))  # e.g. retrained in place
+    old, new = programs["hand8-acc-gyro"], ExecuTorchClassifier(path)
+    got, _, ok = decide(recording, old, loader=lambda: new, swap_at=SWAP_AT)
+    assert ok == [True] and {p["model"] for p in got} == {"hand8-acc-gyro"}
+    ids = [p["model_id"] for p in got]
+    k = ids.index(new.model_id)
+    assert ids == [old.model_id] * k + [new.model_id] * (len(ids) - k) and old.model_id != new.model_id
+    assert new.model_id == meta["program_sha256"][:12]
+
+
 def test_step_and_window_paths_swap_alike(recording: list[Sample], programs: dict) -> None:
     old, new = programs["hand8-acc-gyro"], programs["hand7-acc-gyro"]
     step, _, _ = decide(recording, old, "step", loader=lambda: new, swap_at=SWAP_AT)
