@@ -313,9 +313,9 @@ class Agent:
         episodes = counters.invalid_episodes
         grid, gap = session.aligner.push(sample.sensor, sample.t, sample.xyz)
         if counters.invalid_episodes != episodes:  # once per run of bad samples, not per sample
-            log.warning("%s: dropped a %s sample no watch can produce (t=%s, values %s); the windows around it are "
-                        "dropped as at a gap (%d such samples so far)", session.source.watch_id, sample.sensor,
-                        sample.t, ", ".join(f"{v:g}" for v in sample.xyz), counters.samples_invalid)
+            log.warning("%s: dropped an invalid %s sample (t=%s, values %s): no watch can produce it; the windows "
+                        "around it are dropped as at a gap (%d such samples so far)", session.source.watch_id,
+                        sample.sensor, sample.t, ", ".join(f"{v:g}" for v in sample.xyz), counters.samples_invalid)
         if gap:
             session.pending.append(None)  # a window never spans a gap
         if grid:
