@@ -131,7 +131,7 @@ def measure(swaps: int, every_s: float) -> dict:
         "steady_latency_ms": {"p50": percentile(steady, 0.5), "p99": percentile(steady, 0.99), "max": max(steady)},
         "same_grid": {
             "load_ms_median": statistics.median(s["load_ms"] for s in same),
-            "sighup_to_new_s_median": statistics.median(s["sighup_to_new_s"] for s in same),
+            "sighup_to_new_s_median": round(statistics.median(s["sighup_to_new_s"] for s in same), 3),
             "sighup_to_new_s_max": max(s["sighup_to_new_s"] for s in same),
             "latency_ms_max_around_swaps": max(v for s in same for v in s["latency_ms"]),
             "window_end_steps_s": sorted({v for s in same for v in s["window_end_steps_s"]}),
