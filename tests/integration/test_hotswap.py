@@ -73,8 +73,10 @@ def test_sighup_swaps_the_model_without_losing_a_decision(mosquitto, wisdm_root:
     install("hand8-acc-gyro", program)
     topic = "har/activity/swap"
     sub = Subscriber(mosquitto.port, topic)
+    config_topic = "homeassistant/sensor/l2mu_hotswap_swap_activity/config"
+    ha = Subscriber(mosquitto.port, config_topic)
     proc = run_agent("--watch", f"replay:{recording}", "--mqtt", mosquitto.url, "--model", str(program),
-                     "--speed", "4", "--agent-id", "hotswap",
+                     "--speed", "4", "--agent-id", "hotswap", "--ha-discovery",
                      env={"PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": notify_path})
     log = Log(proc.stderr)
     got: list[tuple[float, dict]] = []
@@ -100,7 +102,12 @@ def test_sighup_swaps_the_model_without_losing_a_decision(mosquitto, wisdm_root:
             proc.kill()
             proc.wait()
         sub.close()
+        ha.close()
         log.join()
+    # Home Assistant learns the new class list: the config is published again after the swap.
+    configs = [json.loads(p) for t, p, _ in ha.drain(0.3) if t == config_topic]
+    assert [len(c["options"]) for c in configs][-1] == 7 and 8 in [len(c["options"]) for c in configs]
+    assert configs[-1]["device"]["model"] == "hand7-acc-gyro"
     decisions = [d for _, d in got]
     for d in decisions:
         jsonschema.validate(d, SCHEMA)
