@@ -140,3 +140,55 @@ def test_payload_encoder_refuses_non_finite_numbers() -> None:
     for value in (NAN, INF, -INF):
         with pytest.raises(ValueError):
             encode({"confidence": value})
+
+
+def test_a_polar_watchs_absurd_float_gyro_values_are_dropped_at_the_pipeline() -> None:
+    """Polar's compressed GYRO type 1 frames carry IEEE float32 values. The driver drops a frame holding NaN or
+    infinity itself; finite but impossible values (1e30, 5000 °/s) it passes on, and the pipeline drops them."""
+    import struct
+
+    from l2mu.agent.intake import NotificationFeed
+    from l2mu.firmware_bridge.polar_pmd import (
+        PMD_DATA,
+        MeasurementType,
+        PolarPmdDriver,
+        encode_acc_frame,
+        encode_delta_frames,
+        encode_frame,
+    )
+
+    def f32_bits(v: float) -> int:
+        return struct.unpack("<i", struct.pack("<f", v))[0]
+
+    aligner = StreamAligner(["acc", "gyro"], 20.0)
+    grid, delivered = [], []
+
+    def deliver(s: Sample) -> None:
+        delivered.append(s)
+        grid.extend(aligner.push(s.sensor, s.t, s.xyz)[0])
+
+    feed = NotificationFeed(PolarPmdDriver(), deliver, "polar", on_gap=aligner.mark_gap)
+    per_frame, rate = 10, 52.0
+    bad = {20: NAN, 35: INF, 45: 1e30, 52: 5000.0}  # frame → its 5th sample's x, in °/s
+    for k in range(75):
+        t_ns = 10**17 + round((k + 1) * per_frame / rate * 1e9)
+        acc = [(10 * i, -5 * i, 1000) for i in range(per_frame)]  # mG
+        gyro = [[f32_bits(1.0 + 0.1 * i), f32_bits(-2.0), f32_bits(0.5)] for i in range(per_frame)]
+        if k in bad:
+            gyro[4][0] = f32_bits(bad[k])
+        feed.on_notification(PMD_DATA, encode_acc_frame(t_ns, acc), 0.0)
+        feed.on_notification(PMD_DATA, encode_frame(MeasurementType.GYRO, t_ns, 1, True,
+                                                     encode_delta_frames(gyro, 32)), 0.0)
+    assert feed.decode_errors == {"non-finite sample value": 2}  # the NaN and inf frames, whole
+    bad_samples = [s for s in delivered if s.sensor == "gyro" and not all(abs(v) < 60 for v in s.xyz)]
+    assert [s.xyz[0] for s in bad_samples] == pytest.approx([1e30 * math.pi / 180, 5000 * math.pi / 180])
+    c = aligner.counters
+    assert (c.samples_invalid, c.invalid_episodes) == (2, 2)
+    values = np.stack([g.values for g in grid])
+    assert np.isfinite(values).all() and np.abs(values).max() < 20
+    times = np.array([g.t for g in grid])
+    for s in bad_samples:  # no grid time was read across a bad sample
+        before = max(x.t for x in delivered if x.sensor == "gyro" and x.t < s.t)
+        after = min(x.t for x in delivered if x.sensor == "gyro" and x.t > s.t)
+        assert not np.any((times > before) & (times < after))
+    assert times[-1] > bad_samples[-1].t + 1  # and the stream goes on
