@@ -9,7 +9,7 @@ success every watch switches at once, between two grid samples:
   finish on the old model (its chains keep stepping until they complete; on the window path the
   windows that began before the swap are decided by it), and the new model takes every window that
   begins after the swap, at the same spacing. No window is dropped and none is late: decisions keep
-  coming one per period, the first from the new model one window length after the swap at most.
+  coming one per period, the first from the new model one window plus at most one period after the swap.
 - Another grid: the state layouts differ, so the windows restart cleanly as after a gap (those in
   flight are dropped, the new model's first decision comes one window after the swap).
 

@@ -144,8 +144,9 @@ class StreamAligner:
 def valid_sample(sensor: str, t: float, xyz: Sequence[float]) -> bool:
     """Finite time and values, each within the physical range of any watch (SENSOR_LIMITS)."""
     limit = SENSOR_LIMITS.get(sensor, math.inf)
-    # abs(nan) <= limit is False, and so is abs(inf) <= limit: one comparison rejects all three kinds.
-    return math.isfinite(t) and all(abs(v) <= limit for v in xyz)
+    x, y, z = xyz
+    # abs(nan) <= limit is False, and so is abs(inf) <= limit: one comparison per value rejects all three kinds.
+    return math.isfinite(t) and abs(x) <= limit and abs(y) <= limit and abs(z) <= limit
 
 
 @dataclass
