@@ -123,6 +123,7 @@ def copy_program(name: str, folder: Path) -> Path:
     ("truncated", "does not match its metadata"),
     ("foreign", "model metadata format 2 is not supported"),
     ("not-json", "not valid JSON"),
+    ("other-window", "ExecuTorch cannot load it"),  # metadata of another version of the model beside it
 ])
 def test_a_program_that_fails_to_load_leaves_the_old_one_running(
         recording: list[Sample], programs: dict, tmp_path: Path, damage: str, message: str,
@@ -136,8 +137,11 @@ def test_a_program_that_fails_to_load_leaves_the_old_one_running(
     elif damage == "foreign":
         meta = json.loads(path.with_suffix(".json").read_text())
         path.with_suffix(".json").write_text(json.dumps({**meta, "format_version": 2}))
-    else:
+    elif damage == "not-json":
         path.with_suffix(".json").write_text("{")
+    else:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        path.with_suffix(".json").write_text(json.dumps({**meta, "window_samples": 20}))
     all_old, _, _ = decide(recording, old)
     with caplog.at_level(logging.INFO, logger="l2mu.agent.daemon"):
         got, agent, ok = decide(recording, old, loader=lambda: ExecuTorchClassifier(resolve_model(str(path))),
