@@ -92,7 +92,8 @@ class AgentApp:
     def _report(self, where: str, ready: bool = False) -> None:
         """READY=1 (once) or STATUS= with the broker's state now; paho's thread and this one both report."""
         with self._status_lock:
-            running = f"running: {len(self.sources)} watch(es), model {self.classifier.meta.name}"
+            clf = self.agent.classifier  # the one running now: a reload may have swapped it
+            running = f"running: {len(self.sources)} watch(es), model {clf.meta.name} {clf.model_id}"
             line = (f"{running}, broker {where}" if self.sink.connected.is_set()  # type: ignore[attr-defined]
                     else f"{running}; broker {where} not reached, decisions are queued")
             if ready:
@@ -110,6 +111,11 @@ class AgentApp:
         out = []
         for s in self.agent.sessions:
             line = f"{s.source.watch_id}: {s.seq} decisions"
+            counters = s.aligner.counters
+            if counters.gaps:
+                line += f", {counters.gaps} gaps"
+            if counters.samples_invalid:
+                line += f" ({counters.samples_invalid} invalid samples dropped)"
             if s.labelled:
                 line += f", {s.correct}/{s.labelled} match the recording's label ({s.correct / s.labelled:.1%})"
             out.append(line)
@@ -168,11 +174,15 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
     notifier = Notifier()  # systemd Type=notify; does nothing outside systemd
     stack.callback(notifier.close)
     notifier.status("loading model")
+    # What SIGHUP loads again: the --model name or path, resolved afresh (the file may have been replaced in
+    # place), or the file of a program the caller loaded.
+    model_spec = s.model if classifier is None else str(classifier.path)
     if classifier is None:
-        classifier = ExecuTorchClassifier(resolve_model(s.model))
+        classifier = ExecuTorchClassifier(resolve_model(model_spec))
     agent_id = s.agent_id or default_agent_id()
 
     sink: DecisionSink = NullSink()
+    publisher = None
     url, local, echo, truths = None, None, None, None
     if publish:
         from l2mu.agent.hass import discovery_messages
@@ -189,12 +199,15 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
             url = local.url
             say(f"started a local {local.kind} broker at {url}")
         protocol = s.mqtt_protocol or ("3.1.1" if local is not None and local.kind == "amqtt" else "5")
-        discovery = [
-            discovery_messages(s.ha_prefix, activity_topic(s.topic_prefix, src.watch_id),
-                               status_topic(s.topic_prefix, agent_id), agent_id, src.watch_id,
-                               classifier.meta.name, list(classifier.meta.class_names))
-            for src in sources
-        ] if s.ha_discovery else []
+        def discovery_for(clf: ExecuTorchClassifier) -> list[tuple[str, str]]:
+            return [
+                discovery_messages(s.ha_prefix, activity_topic(s.topic_prefix, src.watch_id),
+                                   status_topic(s.topic_prefix, agent_id), agent_id, src.watch_id,
+                                   clf.meta.name, list(clf.meta.class_names))
+                for src in sources
+            ] if s.ha_discovery else []
+
+        discovery = discovery_for(classifier)
         if s.echo if s.echo is not None else local is not None:
             truths = RecentTruths()
             echo = EchoSubscriber(url, s.topic_prefix, truths, security)
@@ -214,10 +227,15 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
         if on_decision is not None:
             on_decision(payload, truth)
 
+    def swapped(clf: ExecuTorchClassifier) -> None:
+        if publisher is not None and s.ha_discovery:
+            publisher.set_discovery(discovery_for(clf))  # the entity's options follow the new class list
+
     agent = Agent(sources, classifier, sink, s.decision_period,
                   on_decision=decided if truths is not None or on_decision is not None else None,
                   smoothing=s.smoothing, smoothing_window=s.smoothing_window, raw_scores=s.raw_scores,
-                  inference=s.inference, notifier=notifier)
+                  inference=s.inference, notifier=notifier,
+                  loader=lambda: ExecuTorchClassifier(resolve_model(model_spec)), on_swap=swapped)
     return AgentApp(s, agent, classifier, sources, sink, notifier, agent_id, url, local, echo, stack)
 
 
@@ -226,6 +244,10 @@ def serve(settings: Settings, say: Callable[[str], None] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Until the main loop takes over SIGTERM, treat it like Ctrl-C so start-up is interruptible cleanly.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGHUP's default would kill the agent: before the main loop takes it over it is noted (the loop then
+    # reloads once), while stopping it is ignored.
+    hups: list[int] = []
+    previous_hup = signal.signal(signal.SIGHUP, lambda signum, frame: hups.append(signum))
     try:
         try:
             app = build_agent(settings, say=say)
@@ -236,9 +258,12 @@ def serve(settings: Settings, say: Callable[[str], None] | None = None) -> None:
                 app.connect()
             except KeyboardInterrupt:
                 return
+            app.agent.reload_requested = bool(hups)
             app.run()
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for line in app.summary_lines():
             print(line, file=sys.stderr, flush=True)
         app.raise_for_failures()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)

@@ -105,6 +105,12 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+def encode(payload: dict) -> str:
+    """Strict JSON: a NaN or infinity in a payload is a bug upstream (the pipeline drops non-finite samples),
+    so it raises ValueError here instead of going out as `NaN`, which JSON parsers reject."""
+    return json.dumps(payload, allow_nan=False)
+
+
 def status_topic(prefix: str, agent_id: str) -> str:
     return f"{prefix}/status/{agent_id}"
 
@@ -220,6 +226,13 @@ class MqttPublisher:
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
         if msg.topic == f"{self.discovery_prefix}/{HA_STATUS}" and msg.payload == b"online":
             self._publish_discovery(client)
+
+    def set_discovery(self, discovery: list[tuple[str, str]]) -> None:
+        """New Home Assistant configs (a model swap changed the class list): published now if connected, and on
+        every later connect. paho's publish may be called from any thread."""
+        self.discovery = list(discovery)
+        if self.connected.is_set():
+            self._publish_discovery(self._client)
 
     def _publish_discovery(self, client: mqtt.Client) -> None:
         for topic, payload in self.discovery:
@@ -345,12 +358,12 @@ class MqttPublisher:
 
     def publish_decision(self, watch_id: str, payload: dict) -> None:
         # Retained: a subscriber that arrives late sees the current activity at once.
-        self._events.put(("put", activity_topic(self.prefix, watch_id), json.dumps(payload), True))
+        self._events.put(("put", activity_topic(self.prefix, watch_id), encode(payload), True))
 
     def publish_scores(self, watch_id: str, payload: dict) -> None:
         # Diagnostics only: QoS 0, not retained, not queued while the broker is away.
         if self.connected.is_set():
-            self._client.publish(scores_topic(self.prefix, watch_id), json.dumps(payload), qos=0, retain=False)
+            self._client.publish(scores_topic(self.prefix, watch_id), encode(payload), qos=0, retain=False)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued decision is acknowledged; False if some are still waiting."""

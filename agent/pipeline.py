@@ -19,10 +19,18 @@ Gap policy. A window never spans missing data:
 - `counters.gaps` counts every gap, `counters.gaps_reported` those that came from mark_gap.
 - A sample not later than its sensor's previous one is dropped and counted in
   `counters.samples_out_of_order`; it is never a gap.
+
+Invalid samples. A sample whose time or any value is not finite (NaN, ±inf), or whose value
+lies beyond the physical range of any watch (`l2mu.agent.settings.SENSOR_LIMITS`), is never
+interpolated: it is dropped, counted in `counters.samples_invalid`, and restarts the grid like
+a gap, so every window that would have touched it is dropped and the windows after it start
+afresh. A run of such samples (until the grid emits a sample again) is one episode, counted
+once in `counters.invalid_episodes` and once in `counters.gaps`.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from l2mu.agent.resample import SensorStream
+from l2mu.agent.settings import SENSOR_LIMITS
 from l2mu.model.timegrid import MAX_GAP_S
 
 
@@ -39,6 +48,8 @@ class PipelineCounters:
     samples_out_of_order: int = 0
     gaps: int = 0
     gaps_reported: int = 0
+    samples_invalid: int = 0  # not finite or beyond SENSOR_LIMITS: dropped, the grid restarted
+    invalid_episodes: int = 0  # runs of invalid samples, each also counted once in `gaps`
     grid_samples: int = 0
     windows: int = 0
 
@@ -63,6 +74,7 @@ class StreamAligner:
         self.next_t: float | None = None
         self.counters = PipelineCounters()
         self._gap_pending = False
+        self._invalid = False  # inside a run of invalid samples: the grid has not emitted since
 
     def rates_hz(self) -> dict[str, float | None]:
         """Each sensor's measured native rate (None until known), for logs and status."""
@@ -85,6 +97,14 @@ class StreamAligner:
         if stream is None:
             return [], False  # a sensor the model does not use
         self.counters.samples_in += 1
+        if not valid_sample(sensor, t, xyz):
+            self.counters.samples_invalid += 1
+            if not self._invalid:
+                self._invalid = True
+                self.counters.invalid_episodes += 1
+                self.counters.gaps += 1
+            self._restart()  # every time: no later grid time may be read across this sample either
+            return [], False
         if len(stream) and t <= stream.last_t:
             self.counters.samples_out_of_order += 1
             return [], False
@@ -116,8 +136,17 @@ class StreamAligner:
         if out:
             for s in streams:
                 s.trim(self.next_t)
+            self._invalid = False
         self.counters.grid_samples += len(out)
         return out
+
+
+def valid_sample(sensor: str, t: float, xyz: Sequence[float]) -> bool:
+    """Finite time and values, each within the physical range of any watch (SENSOR_LIMITS)."""
+    limit = SENSOR_LIMITS.get(sensor, math.inf)
+    x, y, z = xyz
+    # abs(nan) <= limit is False, and so is abs(inf) <= limit: one comparison per value rejects all three kinds.
+    return math.isfinite(t) and abs(x) <= limit and abs(y) <= limit and abs(z) <= limit
 
 
 @dataclass

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from l2mu.model.metadata import ModelFileError, ModelMetadata, read_metadata
+from l2mu.model.metadata import ModelFileError, ModelMetadata, read_metadata, sha256_file
 
 DEFAULT_MODEL = "hand8-acc-gyro"
+MODEL_ID_CHARS = 12  # hex digits of the program's SHA-256 in a decision's `model_id`
 
 
 def bundled_dir() -> Path:
@@ -91,6 +92,9 @@ class ExecuTorchClassifier:
                 or self.meta.step_batch_max < 1):
             raise ModelFileError(f"{self.path}: exported by an older l2mu-agent (its step method takes another "
                                  "state); export it again with `l2mu-agent export`")
+        # Tells two programs of the same name apart (a retrained or personalised model keeps its name): the
+        # program's SHA-256, which the metadata records and read_metadata has just checked against the file.
+        self.model_id = (self.meta.program_sha256 or sha256_file(self.path))[:MODEL_ID_CHARS]
         self.part_sizes = [int(part["size"]) for part in self.meta.state]
         self.n_channels = len(self.meta.channels)
         self.batch_max = self.meta.step_batch_max

@@ -1,4 +1,4 @@
-"""systemd's notify protocol (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) without libsystemd.
+"""systemd's notify protocol (READY=1, RELOADING=1, STATUS=, WATCHDOG=1, STOPPING=1) without libsystemd.
 
 The protocol is one datagram of newline-separated KEY=VALUE lines to the AF_UNIX socket named in
 $NOTIFY_SOCKET; speaking it directly keeps a C library (and its Python binding) off the Pi.
@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,12 @@ class Notifier:
 
     def ready(self, status: str) -> bool:
         return self.notify("READY=1", f"STATUS={status}")
+
+    def reloading(self, status: str) -> bool:
+        """A reload (SIGHUP) begins; `ready()` ends it. MONOTONIC_USEC lets systemd match the two to its reload
+        job (sd_notify(3): "typically used in combination with RELOADING=1")."""
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+                           f"STATUS={status}")
 
     def status(self, status: str) -> bool:
         return self.notify(f"STATUS={status}")

@@ -11,6 +11,7 @@ line naming the key instead of a half-started service.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ from l2mu.agent.errors import ConfigError, MqttError
 SMOOTHING_KINDS = ("majority", "hmm", "none")
 INFERENCE_KINDS = ("step", "window")
 BROKER_KINDS = ("auto", "mosquitto", "amqtt")
+
+STANDARD_GRAVITY = 9.80665  # m/s² per g
+# The largest magnitude per axis a real watch can report, in the agent's units (m/s², rad/s): twice the
+# widest range any supported IMU is set to (±16 g, ±2000 °/s). A sample beyond it, or not finite, is a
+# decoding bug or a corrupt recording, never a movement: the pipeline drops it and restarts the windows
+# around it as at a gap (l2mu.agent.pipeline), so it reaches neither the model's state nor a payload.
+SENSOR_LIMITS: dict[str, float] = {"acc": 2 * 16 * STANDARD_GRAVITY, "gyro": 2 * 2000 * math.pi / 180}
 
 
 @dataclass

@@ -85,12 +85,28 @@ class StepWindower:
         self._mean, self._std = meta.norm_mean, meta.norm_std
         self._chains: deque[_Chain] = deque()
         self._since_start = 0  # grid samples since the last (re)start
+        self._retired = False  # finishing the windows in flight only (a model swap)
 
     @property
     def pool(self) -> ChainPool:
         if self._pool is None:  # made on first use: a watch that never streams holds no state
             self._pool = ChainPool(self.classifier)
         return self._pool
+
+    def successor(self, classifier: ExecuTorchClassifier, pool: ChainPool | None = None) -> StepWindower:
+        """A model swap: a windower for `classifier` (same window length) that places its first window where this
+        one would have placed its next, so windows keep their spacing; this one retires, finishing only the
+        windows already in flight, on its own model."""
+        if classifier.meta.window_samples != self.length:
+            raise ValueError(f"a successor needs {self.length}-sample windows, not {classifier.meta.window_samples}")
+        nxt = StepWindower(classifier, self.length, self.hop, pool)
+        nxt._since_start = self._since_start
+        self._retired = True
+        return nxt
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._chains)
 
     def reset(self) -> None:
         """A gap: every window in flight is dropped; windows are placed afresh from the next sample on."""
@@ -108,7 +124,7 @@ class StepWindower:
         # Windower's windows end `max(length, hop)` samples after a (re)start and every `hop` after that.
         first_start = max(self.length, self.hop) - self.length
         n = self._since_start - first_start
-        if n >= 0 and n % self.hop == 0:
+        if n >= 0 and n % self.hop == 0 and not self._retired:
             self._chains.append(_Chain(self.pool.acquire(), sample.t))
         self._since_start += 1
         return [chain.row for chain in self._chains]

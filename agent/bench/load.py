@@ -262,7 +262,7 @@ class Rig:
                 "kind": str(next(w.kind for w in self.watches if w.watch_id == src.watch_id)),
                 "decisions": session.seq, "acked": t.acked[src.watch_id], "samples": src.feed.samples,
                 "dropped": src.dropped, "decode_errors": src.feed.errors_total, "link_drops": src.link_drops,
-                "gaps": session.aligner.counters.gaps,
+                "gaps": session.aligner.counters.gaps, "samples_invalid": session.aligner.counters.samples_invalid,
             }
         decisions = sum(v["decisions"] for v in per_watch.values())
         acked = sum(v["acked"] for v in per_watch.values())
@@ -292,6 +292,8 @@ class Rig:
             # Windows the pipeline could not build: a time gap in a stream (lost or shed samples, or a late host
             # clock stamping MetaWear/InfiniTime samples on arrival) restarts its grid.
             "pipeline_gaps": sum(v["gaps"] for v in per_watch.values()),
+            # Samples no watch can produce (NaN, infinite, beyond SENSOR_LIMITS): dropped, each run of them one gap.
+            "samples_invalid": sum(v["samples_invalid"] for v in per_watch.values()),
             "decisions": decisions,
             "decisions_acked": acked,
             "decisions_lost": decisions - acked,

@@ -374,7 +374,8 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
 ])
 def test_fault_model_file_truncated_or_from_another_model_version(damage: str, message: str, tmp_path: Path,
                                                                   tiny_program: Path, mosquitto) -> None:  # noqa: ANN001
-    """No hot reload exists: a bad model is refused at start, in one line, before any watch or broker is touched."""
+    """A bad model is refused at start, in one line, before any watch or broker is touched (on a reload the old
+    model goes on instead: tests/integration/test_hotswap.py)."""
     from l2mu.model.metadata import sha256_file
 
     program, meta_path = tmp_path / "m.pte", tmp_path / "m.json"

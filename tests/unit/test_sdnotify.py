@@ -49,6 +49,19 @@ def test_path_socket_gets_one_datagram_per_call(notify_socket: tuple[socket.sock
     assert got == [["READY=1", "STATUS=running"], ["STOPPING=1", "STATUS=stopping"]]
 
 
+def test_reload_says_reloading_with_its_monotonic_time(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert notifier.reloading("reloading model")
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    notifier.close()
+    [(_, lines)] = receive(sock, 0.5)
+    assert lines[0] == "RELOADING=1" and lines[2] == "STATUS=reloading model"
+    key, _, usec = lines[1].partition("=")
+    assert key == "MONOTONIC_USEC" and before <= int(usec) <= after
+
+
 def test_abstract_socket() -> None:
     name = f"l2mu-test-{os.getpid()}-{time.monotonic_ns()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
