@@ -74,8 +74,12 @@ def test_ready_and_watchdog_while_the_broker_is_unreachable(notify_socket: tuple
     while it stays down, STATUS= follows it when it appears, and SIGTERM is a clean stop. Otherwise systemd would
     restart the agent into the same wait every TimeoutStartSec, dropping what it had queued each time."""
     from l2mu.agent.broker import LocalBroker
+    from l2mu.agent.runtime import MODEL_ID_CHARS
+    from l2mu.model.metadata import read_metadata, sha256_file
 
     sock, path = notify_socket
+    sha = read_metadata(tiny_program).program_sha256 or sha256_file(tiny_program)
+    model = f"model tiny-test {sha[:MODEL_ID_CHARS]}"  # name and id: the READY line tells programs apart
     recording = make_recording(wisdm_root, tmp_path / "svc.csv.gz", seconds=12)
     broker = LocalBroker(prefer="mosquitto")  # its port is free: nothing listens there until start()
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "PYTHONUNBUFFERED": "1"}
@@ -85,7 +89,7 @@ def test_ready_and_watchdog_while_the_broker_is_unreachable(notify_socket: tuple
     try:
         ready = wait_for(sock, "READY=1", timeout=120)[-1][1]
         where = f"broker 127.0.0.1:{broker.port}"
-        assert "STATUS=running: 1 watch(es), model tiny-test; " + where + " not reached, decisions are queued" \
+        assert f"STATUS=running: 1 watch(es), {model}; " + where + " not reached, decisions are queued" \
             in ready, ready
         got = receive(sock, 2.2)
         pings = [t for t, lines in got if lines == ["WATCHDOG=1"]]
@@ -94,7 +98,7 @@ def test_ready_and_watchdog_while_the_broker_is_unreachable(notify_socket: tuple
         assert proc.poll() is None
         broker.start()
         status = Subscriber(broker.port, "har/status/svc-late")
-        seen = wait_for(sock, f"STATUS=running: 1 watch(es), model tiny-test, {where}", timeout=40)
+        seen = wait_for(sock, f"STATUS=running: 1 watch(es), {model}, {where}", timeout=40)
         assert any(lines == ["WATCHDOG=1"] for _, lines in seen)
         status.take(timeout=5, topic="har/status/svc-late", payload=b"online")
         proc.send_signal(signal.SIGTERM)
