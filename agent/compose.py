@@ -142,7 +142,8 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
         from l2mu.agent.sources import parse_sources
 
         ble = BleOptions(scan_timeout_s=s.scan_timeout, retry_budget_s=s.retry_budget, intake_queue=s.intake_queue,
-                         intake_max_age_s=s.intake_max_age_s)
+                         intake_max_age_s=s.intake_max_age_s, backoff_initial_s=s.backoff_initial,
+                         backoff_max_s=s.backoff_max, stall_timeout_s=s.stall_timeout)
         sources = parse_sources(s.watch, s.speed, s.protocol, ble)
     sources = list(sources)
     if len({src.watch_id for src in sources}) != len(sources):
@@ -157,8 +158,8 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
     sink: DecisionSink = NullSink()
     url, local, echo, truths = None, None, None, None
     if publish:
-        from l2mu.agent.hass import discovery_messages
-        from l2mu.agent.mqtt import MqttPublisher, activity_topic, status_topic
+        from l2mu.agent.hass import discovery_messages, watch_state_discovery
+        from l2mu.agent.mqtt import MqttPublisher, activity_topic, status_topic, watch_state_topic
         from l2mu.agent.outbox import Outbox
 
         url = s.mqtt
@@ -177,6 +178,11 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
                                classifier.meta.name, list(classifier.meta.class_names))
             for src in sources
         ] if s.ha_discovery else []
+        if s.ha_discovery:
+            for src in sources:
+                discovery.extend(watch_state_discovery(
+                    s.ha_prefix, watch_state_topic(s.topic_prefix, src.watch_id),
+                    status_topic(s.topic_prefix, agent_id), agent_id, src.watch_id, classifier.meta.name))
         if s.echo if s.echo is not None else local is not None:
             truths = RecentTruths()
             echo = EchoSubscriber(url, s.topic_prefix, truths, security)
@@ -199,6 +205,10 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
                   on_decision=decided if truths is not None or on_decision is not None else None,
                   smoothing=s.smoothing, smoothing_window=s.smoothing_window, raw_scores=s.raw_scores,
                   inference=s.inference, notifier=notifier)
+    if publish:
+        from l2mu.agent.watch_state import WatchStateBoard
+
+        agent.states = WatchStateBoard(sink.publish_state, s.state_interval)  # type: ignore[attr-defined]
     return AgentApp(s, agent, classifier, sources, sink, notifier, agent_id, url, local, echo, stack)
 
 

@@ -22,6 +22,7 @@ from l2mu.agent.settings import DEFAULTS
 from l2mu.agent.smoothing import Smoother, make_smoother
 from l2mu.agent.sources import Source, SourceError
 from l2mu.agent.streaming import ChainPool, StepWindower
+from l2mu.agent.watch_state import WatchStateBoard
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class Agent:
     inference: str = DEFAULTS.inference
     notifier: Notifier | None = None  # systemd's notify socket: WATCHDOG=1 while every watch makes progress
     stall_after_s: float | None = None  # a watch silent this long counts as stalled (default: the watchdog interval)
+    states: WatchStateBoard | None = None  # each watch's <prefix>/watch/<watch>/state (l2mu.agent.watch_state)
     sessions: list[WatchSession] = field(default_factory=list)
     failures: dict[str, BaseException] = field(default_factory=dict)  # watch id → why it stopped
     stop_requested: bool = False
@@ -274,6 +276,8 @@ class Agent:
             async with contextlib.aclosing(session.source.stream()) as stream:
                 async for sample in stream:
                     session.last_progress = time.monotonic()
+                    if self.states is not None:
+                        self.states.saw(session.source.watch_id, sample)
                     if isinstance(sample, WatchConnected):  # a live watch (re)connected and said what it streams
                         self.adopt_sensors(session, sample)
                         continue
@@ -303,6 +307,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._deferred = True
         tasks = [asyncio.create_task(self._run_watch(s), name=s.source.watch_id) for s in self.sessions]
+        board = None
+        if self.states is not None:
+            for s in self.sessions:
+                self.states.track(s.source)
+            board = asyncio.create_task(self.states.run())
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -317,12 +326,17 @@ class Agent:
                     if task.exception():
                         log.error("watch %s stopped: %s", task.get_name(), task.exception())
                         self.failures[task.get_name()] = task.exception()
+                    if self.states is not None:
+                        self.states.ended(task.get_name(), task.exception())
             self.stop_requested = stop.is_set()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             waiter.cancel()
+            if board is not None:
+                board.cancel()
+                await asyncio.gather(board, return_exceptions=True)
             if watchdog:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)

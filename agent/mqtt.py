@@ -104,6 +104,10 @@ def scores_topic(prefix: str, watch_id: str) -> str:
     return f"{prefix}/scores/{watch_id}"
 
 
+def watch_state_topic(prefix: str, watch_id: str) -> str:
+    return f"{prefix}/watch/{watch_id}/state"
+
+
 class MqttPublisher:
     """Keeps one session to the broker; the will announces `offline` if the agent dies."""
 
@@ -131,6 +135,8 @@ class MqttPublisher:
         self._answered = threading.Event()  # the broker replied to a CONNECT, yes or no
         self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._denied: set[str] = set()
+        self._states: dict[str, str] = {}  # watch id → its latest state message, sent again on every connect
+        self._states_lock = threading.Lock()
         v5 = protocol == "5"
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"l2mu-agent-{agent_id}",
@@ -166,6 +172,10 @@ class MqttPublisher:
                       reason_code, hint)
             return
         client.publish(status_topic(self.prefix, self.agent_id), "online", qos=1, retain=True)
+        with self._states_lock:
+            states = list(self._states.items())
+        for watch_id, payload in states:
+            client.publish(watch_state_topic(self.prefix, watch_id), payload, qos=1, retain=True)
         if self.discovery:
             client.subscribe(f"{self.discovery_prefix}/{HA_STATUS}", qos=1)
             self._publish_discovery(client)
@@ -277,6 +287,15 @@ class MqttPublisher:
     def publish_decision(self, watch_id: str, payload: dict) -> None:
         # Retained: a subscriber that arrives late sees the current activity at once.
         self._events.put(("put", activity_topic(self.prefix, watch_id), json.dumps(payload), True))
+
+    def publish_state(self, watch_id: str, payload: dict) -> None:
+        """A watch's state (l2mu.agent.watch_state): retained, QoS 1, only the latest counts, so it bypasses
+        the decisions' queue; one that changed while the broker was away goes out on the next connect."""
+        text = json.dumps(payload)
+        with self._states_lock:
+            self._states[watch_id] = text
+        if self.connected.is_set():
+            self._client.publish(watch_state_topic(self.prefix, watch_id), text, qos=1, retain=True)
 
     def publish_scores(self, watch_id: str, payload: dict) -> None:
         # Diagnostics only: QoS 0, not retained, not queued while the broker is away.
