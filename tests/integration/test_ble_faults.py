@@ -10,6 +10,7 @@ state, → first new decision) are what `l2mu.agent.bench.ble_faults` reports.""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -196,7 +197,30 @@ def run(tiny_program: Path, mosquitto, tmp_path_factory: pytest.TempPathFactory)
             rc = agent.stop()
             collector.close()
     assert alive, "\n".join(agent.lines[-40:])
-    return Run(collector.decisions, collector.states, faults, started, appeared, rc, agent.lines, events)
+    result = Run(collector.decisions, collector.states, faults, started, appeared, rc, agent.lines, events)
+    if os.environ.get("L2MU_BLE_FAULTS_JSON"):  # the figures, for the README's fault table (not asserted)
+        Path(os.environ["L2MU_BLE_FAULTS_JSON"]).write_text(json.dumps(figures(result), indent=2) + "\n")
+    return result
+
+
+def figures(run: Run) -> dict:
+    """Per fault: how long it lasted, its end → the hit watches streaming again and → their first new decision
+    (the slowest watch), and the agent's WARNING/ERROR lines about them. The late watch: its appearance → both."""
+    out: dict[str, dict] = {}
+    for name, f in run.faults.items():
+        streaming = max(run.streaming_after(s, f.start) for s in f.hits)
+        decision = max(run.first_decision_after(s, max(f.end, run.streaming_after(s, f.start))) for s in f.hits)
+        hit = [a for a in f.hits if a != DEMO]
+        out[name] = {"fault_s": round(f.end - f.start, 3), "to_streaming_s": round(streaming - f.end, 3),
+                     "to_decision_s": round(decision - f.end, 3),
+                     "log": [ln for ln in f.log
+                             if ln.startswith(("WARNING l2mu", "ERROR")) and any(a in ln for a in hit)]}
+    late = run.appeared
+    out["absent_at_start"] = {"appeared_after_s": round(late - run.started, 3),
+                              "to_streaming_s": round(run.streaming_after(LATE, late) - late, 3),
+                              "to_decision_s": round(run.first_decision_after(LATE, late) - late, 3),
+                              "log": [ln for ln in run.log if LATE in ln and ln.startswith("WARNING")][:3]}
+    return out
 
 
 def check_resumed_without_spanning(run: Run, spec: str, fault: Fault) -> None:
