@@ -23,6 +23,12 @@ BlueZ's object layout and signals, so an unmodified client cannot tell it from b
   arrive as PropertiesChanged on Value) and AcquireNotify (a SOCK_SEQPACKET socket per client,
   NotifyAcquired set).
 
+Faults, for tests: `stop_bluez`/`start_bluez` (bluetoothd restarting: every connection and object
+dropped, `org.bluez` released, later owned again and the adapter announced), `set_powered`,
+`remove_adapter`/`add_adapter` (InterfacesRemoved/Added), `fail_connect` (the next Connects fail with
+a given error; `le-connection-abort-by-local` shows Connected going true and false first, as BlueZ
+does) and `stall_notifications` (the link stays up, notifications stop until it disconnects).
+
 A `Peripheral` is the firmware side: it declares services and answers writes, reads and
 subscriptions, and sends notifications through the `Link` it gets while connected.
 """
