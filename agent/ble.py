@@ -387,10 +387,14 @@ class BleSource:
         self._device_props = details.get("props") if isinstance(details, dict) else None
         if not self._streaming:
             self.status.set("connecting")
-        self._generation += 1
-        generation = self._generation
+        # The connection's generation is only known once it is up: bleak also calls back for a link that dropped
+        # while it was still connecting (BlueZ's le-connection-abort-by-local, which bleak retries itself), and
+        # that must neither end nor outdate the connection it then makes.
+        ours: list[int] = []
         client = await establish_connection(BleakClient, device, self.watch_id, max_attempts=2,
-                                            disconnected_callback=lambda _c: self._link_gone(generation))
+                                            disconnected_callback=lambda _c: ours and self._link_gone(ours[0]))
+        self._generation += 1
+        ours.append(self._generation)
         name = getattr(device, "name", None) or self.address
         try:
             driver = self._driver_for(client, name)
