@@ -222,7 +222,7 @@ def figures(run: Run) -> dict:
     out["absent_at_start"] = {"appeared_after_s": round(late - run.started, 3),
                               "to_streaming_s": round(run.streaming_after(LATE, late) - late, 3),
                               "to_decision_s": round(run.first_decision_after(LATE, late) - late, 3),
-                              "log": [ln for ln in run.log if LATE in ln and ln.startswith("WARNING")][:3]}
+                              "log": [ln for ln in run.log if f"{LATE}: connection attempt" in ln][:2]}
     return out
 
 
