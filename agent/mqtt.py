@@ -137,6 +137,7 @@ class MqttPublisher:
         self._denied: set[str] = set()
         self._states: dict[str, str] = {}  # watch id → its latest state message, sent again on every connect
         self._states_lock = threading.Lock()
+        self._states_online = False  # under the lock: a state either goes out now or with the connect's resend
         v5 = protocol == "5"
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"l2mu-agent-{agent_id}",
@@ -172,19 +173,22 @@ class MqttPublisher:
                       reason_code, hint)
             return
         client.publish(status_topic(self.prefix, self.agent_id), "online", qos=1, retain=True)
-        with self._states_lock:
-            states = list(self._states.items())
-        for watch_id, payload in states:
-            client.publish(watch_state_topic(self.prefix, watch_id), payload, qos=1, retain=True)
         if self.discovery:
             client.subscribe(f"{self.discovery_prefix}/{HA_STATUS}", qos=1)
             self._publish_discovery(client)
+        # Watch states after the entities that read them; every one changed meanwhile goes out now.
+        with self._states_lock:
+            self._states_online = True
+            for watch_id, payload in self._states.items():
+                client.publish(watch_state_topic(self.prefix, watch_id), payload, qos=1, retain=True)
         self.connected.set()
         self._events.put(("wake",))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was_connected = self.connected.is_set()
         self.connected.clear()
+        with self._states_lock:
+            self._states_online = False
         if was_connected and reason_code != 0:  # a refused CONNECT was already reported by _on_connect
             log.warning("lost the broker at %s:%d (%s); retrying", self.address.host, self.address.port, reason_code)
 
@@ -294,8 +298,8 @@ class MqttPublisher:
         text = json.dumps(payload)
         with self._states_lock:
             self._states[watch_id] = text
-        if self.connected.is_set():
-            self._client.publish(watch_state_topic(self.prefix, watch_id), text, qos=1, retain=True)
+            if self._states_online:
+                self._client.publish(watch_state_topic(self.prefix, watch_id), text, qos=1, retain=True)
 
     def publish_scores(self, watch_id: str, payload: dict) -> None:
         # Diagnostics only: QoS 0, not retained, not queued while the broker is away.
