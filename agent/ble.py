@@ -4,15 +4,21 @@
 
 1. once, at start: closes connections BlueZ still holds to the watch from an earlier process that
    died without disconnecting (`close_stale_connections_by_address`);
-2. finds the watch (known to BlueZ, else by scanning for up to `scan_timeout_s`; not found →
-   one-line error), connects with `establish_connection`, picks the driver (`--protocol auto`:
-   from the GATT services) and drives it as `firmware_bridge/driver.py` describes: notifications
-   on, prepare commands (waiting for each answer where the watch sends one), start commands;
+2. finds the watch (known to BlueZ, else by scanning for up to `scan_timeout_s` per attempt),
+   connects with `establish_connection`, picks the driver (`--protocol auto`: from the GATT
+   services) and drives it as `firmware_bridge/driver.py` describes: notifications on, prepare
+   commands (waiting for each answer where the watch sends one), start commands; reads and
+   subscribes to the Battery Service where the watch has one;
 3. yields `WatchConnected` (the sensors the watch really streams), then the decoded samples;
-4. on link loss yields `StreamGap` and reconnects with exponential backoff until
-   `retry_budget_s` has passed since the loss; then (or for a connection that can never work —
-   no matching service, a characteristic missing) it raises `BleError`, one line, and only this
-   watch stops.
+4. on link loss — or a stall: no notification for `stall_timeout_s` while BlueZ still calls it
+   connected — yields `StreamGap` and reconnects.
+
+Every attempt that fails (watch not found, Connect refused, BlueZ restarting, no adapter or one
+powered off) is retried with backoff, `backoff_initial_s` doubling to `backoff_max_s`, for as long
+as it takes; with a `retry_budget_s` only that long (a watch not found at start then stops at once,
+the old behaviour). A connection that can never work — no matching service, a characteristic
+missing — raises `BleError`, one line, and only this watch stops. `status` (l2mu.agent.watch_state)
+follows it all for <prefix>/watch/<watch>/state.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from l2mu.agent.events import SourceEvent, StreamGap, WatchConnected
 from l2mu.agent.intake import NotificationFeed, NotificationSource, Notify, SetupError, set_up
 from l2mu.agent.settings import DEFAULTS
 from l2mu.agent.sources import MAC_RE, SourceError, topic_safe
+from l2mu.agent.watch_state import WatchStatus
 from l2mu.firmware_bridge.driver import (
     UnknownDriverError,
     WatchDriver,
@@ -40,6 +47,8 @@ from l2mu.firmware_bridge.driver import (
 )
 
 log = logging.getLogger(__name__)
+
+BATTERY_LEVEL = "00002a19-0000-1000-8000-00805f9b34fb"  # Battery Service 0x180F, Battery Level 0x2A19
 
 # Advertised names of watch families that do not advertise their IMU service.
 NAME_HINTS = {"polar": ("Polar ",), "infinitime": ("InfiniTime", "Pinetime"), "metawear": ("MetaWear", "MetaMotion"),
@@ -71,19 +80,28 @@ class _Transient(BleError):
     """This attempt failed; a later one may work."""
 
 
+class _NotFound(_Transient):
+    """No such device within one scan."""
+
+
 @dataclass
 class BleOptions:
     scan_timeout_s: float = DEFAULTS.scan_timeout  # how long to look for a watch BlueZ does not know yet
-    retry_budget_s: float = DEFAULTS.retry_budget  # how long after a link loss (or a failed first connection)
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 15.0
+    # How long to look for a watch absent at start, or to reconnect after a link loss; None: forever.
+    retry_budget_s: float | None = DEFAULTS.retry_budget
+    backoff_initial_s: float = DEFAULTS.backoff_initial
+    backoff_max_s: float = DEFAULTS.backoff_max
+    stall_timeout_s: float = DEFAULTS.stall_timeout  # connected, but no notification this long: a lost link
     response_timeout_s: float = 5.0  # for a watch's answer to one command
     intake_queue: int = DEFAULTS.intake_queue
     intake_max_age_s: float = DEFAULTS.intake_max_age_s
     adapter: str | None = None  # hci0, …; None: BlueZ's default
 
     def __post_init__(self) -> None:
-        for name in ("scan_timeout_s", "retry_budget_s", "backoff_initial_s", "response_timeout_s"):
+        for name in ("scan_timeout_s", "retry_budget_s", "backoff_initial_s", "backoff_max_s", "stall_timeout_s",
+                     "response_timeout_s"):
+            if getattr(self, name) is None and name == "retry_budget_s":
+                continue
             if not getattr(self, name) > 0:
                 raise BleError(f"{name.removesuffix('_s').replace('_', '-')} must be > 0 seconds")
 
@@ -124,7 +142,8 @@ def _bluetooth_unavailable(exc: BaseException) -> _Permanent | None:
     from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError
 
     if isinstance(exc, BleakBluetoothNotAvailableError):
-        return _Permanent(f"Bluetooth is not available: {one_line(exc)} (l2mu-agent doctor checks the set-up)")
+        what = exc.args[0] if exc.args and isinstance(exc.args[0], str) else one_line(exc)
+        return _Permanent(f"Bluetooth is not available: {what} (l2mu-agent doctor checks the set-up)")
     if isinstance(exc, BleakDBusError) and exc.dbus_error in ("org.freedesktop.DBus.Error.ServiceUnknown",
                                                               "org.freedesktop.DBus.Error.NameHasNoOwner"):
         return _Permanent("BlueZ is not running: nothing owns org.bluez on the system D-Bus (is bluetoothd "
@@ -180,12 +199,28 @@ class BleSource:
         # The same bounded intake as every other watch's; made at the first connection, once the driver is known.
         self.intake: NotificationSource | None = None
         self.connections = 0
-        self.connecting = False  # looking for the watch or (re)connecting, on its own budget
+        self.connecting = False  # looking for the watch or (re)connecting: silent, not stalled
         self._generation = 0  # which connection a disconnect callback belongs to
+        self.status = WatchStatus(self.watch_id)
+        self.status.readings = self._readings
+        self._device_props: dict | None = None  # bleak's live copy of the device's BlueZ properties (RSSI)
+        self._rssi_seen: int | None = None  # of the advertisement that found it
+        self._dropped_before = 0  # frames lost on earlier connections' feeds
+        self._stalled = False
+        self._streaming = False  # connected at least once: later attempts are reconnections
 
     @property
     def feed(self) -> NotificationFeed | None:
         return self.intake.feed if self.intake is not None else None
+
+    def _readings(self) -> dict[str, Any]:
+        rssi = self._device_props.get("RSSI") if self._device_props is not None else None
+        if rssi is None:
+            rssi = self._rssi_seen
+        dropped = self._dropped_before
+        if self.intake is not None:
+            dropped += self.intake.feed.errors_total + int(getattr(self.intake.driver, "gaps", 0))
+        return {"rssi": int(rssi) if isinstance(rssi, int) else None, "dropped_frames": dropped}
 
     # --- the stream --------------------------------------------------------------------------
 
@@ -194,52 +229,95 @@ class BleSource:
         conn: _Connection | None = None
         try:
             self.connecting = True
-            conn = await self._first_connection()
+            conn = await self._keep_trying("first connection")
             self.connecting = False
             while True:
                 self.sensors, self.sensors_known = set(conn.driver.sensors), True
+                self._streaming = True
+                self.status.set("streaming")
                 yield WatchConnected(tuple(conn.driver.sensors), conn.driver.name, conn.name)
                 assert self.intake is not None
-                async for item in self.intake.connection():  # until the link is gone
-                    yield item
-                log.warning("%s: link lost; reconnecting for up to %g s", self.address, self.options.retry_budget_s)
+                self._stalled = False
+                stall = asyncio.create_task(self._stall_watch(self._generation))
+                try:
+                    async for item in self.intake.connection():  # until the link is gone
+                        yield item
+                finally:
+                    stall.cancel()
+                why = "stalled" if self._stalled else "link lost"
+                budget = self.options.retry_budget_s
+                log.warning("%s: %s; reconnecting %s", self.address, why,
+                            f"for up to {budget:g} s" if budget is not None else "until it is back")
                 lost, conn = conn, None
                 self.connecting = True
+                self.status.set("reconnecting", why)
+                self._dropped_before = self._readings()["dropped_frames"]
                 await self._disconnect(lost)  # releases bleak's per-connection D-Bus connection
                 for sensor in lost.driver.sensors:
-                    yield StreamGap(sensor, "link lost")
-                conn = await self._reconnect(time.monotonic() + self.options.retry_budget_s, "link lost")
+                    yield StreamGap(sensor, why)
+                conn = await self._keep_trying(why)
                 self.connecting = False
+        except BleError as exc:
+            self.status.set("stopped", str(exc))
+            raise
         finally:
             self.connecting = False
             if conn is not None:
                 await self._disconnect(conn)
 
-    async def _first_connection(self) -> _Connection:
-        try:
-            device = await self._find_device(self.options.scan_timeout_s)
-        except _Transient as exc:  # never seen: almost always a wrong address or a watch that is off
-            raise _Permanent(str(exc)) from None
-        return await self._reconnect(time.monotonic() + self.options.retry_budget_s, "first connection", device)
+    async def _stall_watch(self, generation: int) -> None:
+        """Ends the connection when BlueZ says connected but no notification came for `stall_timeout_s`."""
+        assert self.intake is not None
+        limit = self.options.stall_timeout_s
+        seen, at = -1, time.monotonic()
+        while generation == self._generation:
+            count = self.intake.feed.notifications
+            now = time.monotonic()
+            if count != seen:
+                seen, at = count, now
+            elif now - at >= limit:
+                log.warning("%s: no notification for %g s while connected; treating it as a lost link",
+                            self.address, limit)
+                self._stalled = True
+                self._link_gone(generation)
+                return
+            await asyncio.sleep(min(limit / 4, 0.5))
 
-    async def _reconnect(self, deadline: float, why: str, device: Any = None) -> _Connection:
+    async def _keep_trying(self, why: str) -> _Connection:
+        """Find and connect the watch, with backoff, until it works (or the retry budget is spent)."""
+        budget = self.options.retry_budget_s
+        deadline = None if budget is None else time.monotonic() + budget
+        first = why == "first connection"
         delay = self.options.backoff_initial_s
         attempt = 0
         last = "no attempt finished"
+        device = None
+        if first and budget is not None:  # the old, fail-fast start: a watch not seen at once is an error
+            try:
+                device = await self._find_device(self.options.scan_timeout_s)
+            except _NotFound as exc:
+                raise _Permanent(str(exc)) from None
+            except Exception as exc:
+                if (unavailable := _bluetooth_unavailable(exc)) is not None:
+                    raise unavailable from None
+                raise
+            deadline = time.monotonic() + budget
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if why == "first connection":
-                    raise BleError(f"{self.address}: found, but no connection worked within "
-                                   f"{self.options.retry_budget_s:g} s ({attempt} attempt(s)); last error: {last}")
-                raise BleError(f"{self.address}: gave up after {self.options.retry_budget_s:g} s of reconnecting "
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                if first:
+                    raise BleError(f"{self.address}: found, but no connection worked within {budget:g} s "
+                                   f"({attempt} attempt(s)); last error: {last}")
+                raise BleError(f"{self.address}: gave up after {budget:g} s of reconnecting "
                                f"({why}; {attempt} attempt(s)); last error: {last}")
             attempt += 1
+            scan_timeout = self.options.scan_timeout_s if remaining is None else min(self.options.scan_timeout_s,
+                                                                                      remaining)
             try:
                 async with asyncio.timeout(remaining):
-                    conn = await self._connect_once(device, min(self.options.scan_timeout_s, remaining))
-                if attempt > 1 or why != "first connection":
-                    log.info("%s: connected again (attempt %d)", self.address, attempt)
+                    conn = await self._connect_once(scan_timeout, device)
+                if attempt > 1 or not first:
+                    log.info("%s: connected%s (attempt %d)", self.address, "" if first else " again", attempt)
                 return conn
             except _Permanent:
                 raise
@@ -248,12 +326,18 @@ class BleSource:
             except TimeoutError:
                 last = "timed out"
             except Exception as exc:  # bleak and dbus-fast raise many kinds; each attempt's reason is logged
-                if (unavailable := _bluetooth_unavailable(exc)) is not None:
+                unavailable = _bluetooth_unavailable(exc)
+                if unavailable is not None and budget is not None:
                     raise unavailable from None
-                last = one_line(exc)
+                # No adapter, BlueZ restarting, the system bus away: all can come back, so keep looking.
+                last = str(unavailable) if unavailable is not None else one_line(exc)
             device = None  # look it up again: BlueZ may have dropped and re-created it
-            wait = min(delay, max(0.0, deadline - time.monotonic()))
+            wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             log.warning("%s: connection attempt %d failed: %s; next in %.1f s", self.address, attempt, last, wait)
+            if self._streaming:
+                self.status.set("reconnecting", f"{why}: {last}")
+            else:
+                self.status.set("searching", last)
             await asyncio.sleep(wait)
             delay = min(delay * 2, self.options.backoff_max_s)
 
@@ -277,29 +361,40 @@ class BleSource:
         if device is None:
             async with _scan_lock():
                 device = await get_device(self.address)  # another watch's scan may have come across it
-                if device is None:
-                    try:
-                        device = await BleakScanner.find_device_by_address(self.address, timeout=timeout,
-                                                                           bluez=self.options.bluez())
-                    except Exception as exc:
-                        if (unavailable := _bluetooth_unavailable(exc)) is not None:
-                            raise unavailable from None
-                        raise
+                if device is None:  # errors (no adapter, BlueZ away) are _keep_trying's to judge
+                    def ours(found: Any, adv: Any) -> bool:
+                        if found.address.upper() != self.address:
+                            return False
+                        self._rssi_seen = adv.rssi  # the advertisement's; BlueZ drops RSSI once discovery stops
+                        return True
+
+                    device = await BleakScanner.find_device_by_filter(ours, timeout=timeout,
+                                                                      bluez=self.options.bluez())
         if device is None:
-            raise _Transient(f"{self.address}: no such watch found within {timeout:g} s of scanning; is it on, "
+            raise _NotFound(f"{self.address}: no such watch found within {timeout:g} s of scanning; is it on, "
                              f"in range and not connected to another device?")
         return device
 
-    async def _connect_once(self, device: Any, scan_timeout: float) -> _Connection:
+    async def _connect_once(self, scan_timeout: float, device: Any = None) -> _Connection:
         from bleak import BleakClient
         from bleak_retry_connector import establish_connection
 
+        if not self._streaming:
+            self.status.set("searching", self.status.reason)
         if device is None:
             device = await self._find_device(scan_timeout)
-        self._generation += 1
-        generation = self._generation
+        details = getattr(device, "details", None)
+        self._device_props = details.get("props") if isinstance(details, dict) else None
+        if not self._streaming:
+            self.status.set("connecting")
+        # The connection's generation is only known once it is up: bleak also calls back for a link that dropped
+        # while it was still connecting (BlueZ's le-connection-abort-by-local, which bleak retries itself), and
+        # that must neither end nor outdate the connection it then makes.
+        ours: list[int] = []
         client = await establish_connection(BleakClient, device, self.watch_id, max_attempts=2,
-                                            disconnected_callback=lambda _c: self._link_gone(generation))
+                                            disconnected_callback=lambda _c: ours and self._link_gone(ours[0]))
+        self._generation += 1
+        ours.append(self._generation)
         name = getattr(device, "name", None) or self.address
         try:
             driver = self._driver_for(client, name)
@@ -314,12 +409,27 @@ class BleSource:
                 await set_up(_BleakLink(client), self.intake, name, self.options.response_timeout_s, self.address)
             except SetupError as exc:
                 raise (_Permanent if exc.permanent else _Transient)(str(exc)) from None
+            await self._battery(client)
         except BaseException:
             with contextlib.suppress(Exception):
                 await client.disconnect()
             raise
         self.connections += 1
         return conn
+
+    async def _battery(self, client: Any) -> None:
+        """The Battery Level, read now and followed by notification, where the watch has the Battery Service."""
+        char = client.services.get_characteristic(BATTERY_LEVEL)
+        if char is None:
+            return
+        try:
+            value = await client.read_gatt_char(char)
+            if value:
+                self.status.set_battery(value[0])
+            if "notify" in char.properties:
+                await client.start_notify(char, lambda _c, data: data and self.status.set_battery(data[0]))
+        except Exception as exc:  # the battery is a nicety: a watch that refuses it still streams
+            log.debug("%s: battery level not available: %s", self.address, one_line(exc))
 
     def _link_gone(self, generation: int) -> None:
         # A late callback of an earlier connection must not end the current one's stream.

@@ -166,7 +166,8 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
         from l2mu.agent.sources import parse_sources
 
         ble = BleOptions(scan_timeout_s=s.scan_timeout, retry_budget_s=s.retry_budget, intake_queue=s.intake_queue,
-                         intake_max_age_s=s.intake_max_age_s)
+                         intake_max_age_s=s.intake_max_age_s, backoff_initial_s=s.backoff_initial,
+                         backoff_max_s=s.backoff_max, stall_timeout_s=s.stall_timeout)
         sources = parse_sources(s.watch, s.speed, s.protocol, ble)
     sources = list(sources)
     if len({src.watch_id for src in sources}) != len(sources):
@@ -185,8 +186,8 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
     publisher = None
     url, local, echo, truths = None, None, None, None
     if publish:
-        from l2mu.agent.hass import discovery_messages
-        from l2mu.agent.mqtt import MqttPublisher, activity_topic, status_topic
+        from l2mu.agent.hass import discovery_messages, watch_state_discovery
+        from l2mu.agent.mqtt import MqttPublisher, activity_topic, status_topic, watch_state_topic
         from l2mu.agent.outbox import Outbox
 
         url = s.mqtt
@@ -199,12 +200,19 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
             url = local.url
             say(f"started a local {local.kind} broker at {url}")
         protocol = s.mqtt_protocol or ("3.1.1" if local is not None and local.kind == "amqtt" else "5")
+
         def discovery_for(clf: ExecuTorchClassifier) -> list[tuple[str, str]]:
             return [
                 discovery_messages(s.ha_prefix, activity_topic(s.topic_prefix, src.watch_id),
                                    status_topic(s.topic_prefix, agent_id), agent_id, src.watch_id,
                                    clf.meta.name, list(clf.meta.class_names))
                 for src in sources
+            ] + [
+                message
+                for src in sources
+                for message in watch_state_discovery(
+                    s.ha_prefix, watch_state_topic(s.topic_prefix, src.watch_id),
+                    status_topic(s.topic_prefix, agent_id), agent_id, src.watch_id, clf.meta.name)
             ] if s.ha_discovery else []
 
         discovery = discovery_for(classifier)
@@ -236,6 +244,10 @@ def _build(settings: Settings, stack: contextlib.ExitStack, sources: Sequence[So
                   smoothing=s.smoothing, smoothing_window=s.smoothing_window, raw_scores=s.raw_scores,
                   inference=s.inference, notifier=notifier,
                   loader=lambda: ExecuTorchClassifier(resolve_model(model_spec)), on_swap=swapped)
+    if publish:
+        from l2mu.agent.watch_state import WatchStateBoard
+
+        agent.states = WatchStateBoard(sink.publish_state, s.state_interval)  # type: ignore[attr-defined]
     return AgentApp(s, agent, classifier, sources, sink, notifier, agent_id, url, local, echo, stack)
 
 

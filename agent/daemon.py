@@ -39,6 +39,7 @@ from l2mu.agent.settings import DEFAULTS
 from l2mu.agent.smoothing import Smoother, make_smoother
 from l2mu.agent.sources import Source
 from l2mu.agent.streaming import ChainPool, StepWindower
+from l2mu.agent.watch_state import WatchStateBoard
 from l2mu.model.metadata import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class Agent:
     swaps: int = 0
     failed_swaps: int = 0
     reload_requested: bool = False  # a SIGHUP arrived before `run` took the signal over: reload once it runs
+    states: WatchStateBoard | None = None  # each watch's <prefix>/watch/<watch>/state (l2mu.agent.watch_state)
     sessions: list[WatchSession] = field(default_factory=list)
     failures: dict[str, BaseException] = field(default_factory=dict)  # watch id → why it stopped
     stop_requested: bool = False
@@ -434,6 +436,8 @@ class Agent:
             async with contextlib.aclosing(session.source.stream()) as stream:
                 async for sample in stream:
                     session.last_progress = time.monotonic()
+                    if self.states is not None:
+                        self.states.saw(session.source.watch_id, sample)
                     if isinstance(sample, WatchConnected):  # a live watch (re)connected and said what it streams
                         self.adopt_sensors(session, sample)
                         continue
@@ -469,6 +473,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._deferred = True
         tasks = [asyncio.create_task(self._run_watch(s), name=s.source.watch_id) for s in self.sessions]
+        board = None
+        if self.states is not None:
+            for s in self.sessions:
+                self.states.track(s.source)
+            board = asyncio.create_task(self.states.run())
         stop, reload = asyncio.Event(), asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -492,6 +501,8 @@ class Agent:
                     if task.exception():
                         log.error("watch %s stopped: %s", task.get_name(), task.exception())
                         self.failures[task.get_name()] = task.exception()
+                    if self.states is not None:
+                        self.states.ended(task.get_name(), task.exception())
             self.stop_requested = stop.is_set()
         finally:
             for task in tasks:
@@ -500,6 +511,9 @@ class Agent:
             waiter.cancel()
             reloader.cancel()
             await asyncio.gather(reloader, return_exceptions=True)
+            if board is not None:
+                board.cancel()
+                await asyncio.gather(board, return_exceptions=True)
             if watchdog:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)

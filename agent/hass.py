@@ -1,4 +1,6 @@
-"""Home Assistant MQTT discovery: one `sensor` entity per watch, whose state is the published activity.
+"""Home Assistant MQTT discovery: per watch, an activity `sensor` (the published activity), a battery `sensor`
+and a connectivity `binary_sensor` (ON while streaming), both read off <prefix>/watch/<watch>/state.
+Every entity's availability is the agent's status topic, so all of them go unavailable with the agent's will.
 
 Home Assistant reads retained configs under <discovery_prefix>/sensor/<unique_id>/config; it
 announces its own restarts with `online` on <discovery_prefix>/status, after which the agent
@@ -24,6 +26,47 @@ def unique_id(agent_id: str, watch_id: str) -> str:
     return topic_safe(f"l2mu_{agent_id}_{watch_id}_activity")
 
 
+def _device(agent_id: str, watch_id: str, model: str) -> dict:
+    return {
+        "identifiers": [topic_safe(f"l2mu_{agent_id}_{watch_id}")],
+        "name": f"Watch {watch_id}",
+        "manufacturer": "l2mu-agent",
+        "model": model,
+        "sw_version": _version(),
+    }
+
+
+def watch_state_discovery(discovery_prefix: str, state_topic: str, status_topic: str, agent_id: str,
+                          watch_id: str, model: str) -> list[tuple[str, str]]:
+    """(config topic, JSON payload) for one watch's battery sensor and connectivity binary sensor."""
+    common = {
+        "state_topic": state_topic,
+        "json_attributes_topic": state_topic,  # state, since, reason, rssi, rate_hz, dropped_frames
+        "availability_topic": status_topic,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "qos": 1,
+        "entity_category": "diagnostic",
+        "device": _device(agent_id, watch_id, model),
+        "origin": {"name": "l2mu-agent", "sw_version": _version()},
+    }
+    battery_uid = topic_safe(f"l2mu_{agent_id}_{watch_id}_battery")
+    battery = {
+        "name": "Battery", "unique_id": battery_uid, **common,
+        # null (no battery level known) renders as None, which Home Assistant shows as unknown
+        "value_template": "{{ value_json.battery }}",
+        "device_class": "battery", "unit_of_measurement": "%", "state_class": "measurement",
+    }
+    connected_uid = topic_safe(f"l2mu_{agent_id}_{watch_id}_connected")
+    connected = {
+        "name": "Connected", "unique_id": connected_uid, **common,
+        "value_template": "{{ 'ON' if value_json.state == 'streaming' else 'OFF' }}",
+        "payload_on": "ON", "payload_off": "OFF", "device_class": "connectivity",
+    }
+    return [(f"{discovery_prefix}/sensor/{battery_uid}/config", json.dumps(battery)),
+            (f"{discovery_prefix}/binary_sensor/{connected_uid}/config", json.dumps(connected))]
+
+
 def discovery_messages(discovery_prefix: str, activity_topic: str, status_topic: str, agent_id: str,
                        watch_id: str, model: str, class_names: list[str]) -> tuple[str, str]:
     """(config topic, JSON payload) for one watch's activity sensor."""
@@ -42,13 +85,7 @@ def discovery_messages(discovery_prefix: str, activity_topic: str, status_topic:
         "options": list(class_names),
         "icon": "mdi:hand-back-right",
         "qos": 1,
-        "device": {
-            "identifiers": [topic_safe(f"l2mu_{agent_id}_{watch_id}")],
-            "name": f"Watch {watch_id}",
-            "manufacturer": "l2mu-agent",
-            "model": model,
-            "sw_version": _version(),
-        },
+        "device": _device(agent_id, watch_id, model),
         "origin": {"name": "l2mu-agent", "sw_version": _version()},
     }
     return f"{discovery_prefix}/sensor/{uid}/config", json.dumps(config)

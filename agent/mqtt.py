@@ -123,6 +123,10 @@ def scores_topic(prefix: str, watch_id: str) -> str:
     return f"{prefix}/scores/{watch_id}"
 
 
+def watch_state_topic(prefix: str, watch_id: str) -> str:
+    return f"{prefix}/watch/{watch_id}/state"
+
+
 class MqttPublisher:
     """Keeps one session to the broker; the will announces `offline` if the agent dies."""
 
@@ -160,6 +164,9 @@ class MqttPublisher:
         self._answered = threading.Event()  # the broker replied to a CONNECT, yes or no
         self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._denied: set[str] = set()
+        self._states: dict[str, str] = {}  # watch id → its latest state message, sent again on every connect
+        self._states_lock = threading.Lock()
+        self._states_online = False  # under the lock: a state either goes out now or with the connect's resend
         v5 = protocol == "5"
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"l2mu-agent-{agent_id}",
@@ -198,6 +205,11 @@ class MqttPublisher:
         if self.discovery:
             client.subscribe(f"{self.discovery_prefix}/{HA_STATUS}", qos=1)
             self._publish_discovery(client)
+        # Watch states after the entities that read them; every one changed meanwhile goes out now.
+        with self._states_lock:
+            self._states_online = True
+            for watch_id, payload in self._states.items():
+                client.publish(watch_state_topic(self.prefix, watch_id), payload, qos=1, retain=True)
         self.connected.set()
         away_since, self._away_since = self._away_since, None
         self._events.put(("wake", away_since))
@@ -207,6 +219,8 @@ class MqttPublisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         was_connected = self.connected.is_set()
         self.connected.clear()
+        with self._states_lock:
+            self._states_online = False
         if was_connected and reason_code != 0:  # a refused CONNECT was already reported by _on_connect
             self._away_since = time.monotonic()
             log.warning("lost the broker at %s:%d (%s); retrying", self.address.host, self.address.port, reason_code)
@@ -359,6 +373,15 @@ class MqttPublisher:
     def publish_decision(self, watch_id: str, payload: dict) -> None:
         # Retained: a subscriber that arrives late sees the current activity at once.
         self._events.put(("put", activity_topic(self.prefix, watch_id), encode(payload), True))
+
+    def publish_state(self, watch_id: str, payload: dict) -> None:
+        """A watch's state (l2mu.agent.watch_state): retained, QoS 1, only the latest counts, so it bypasses
+        the decisions' queue; one that changed while the broker was away goes out on the next connect."""
+        text = json.dumps(payload)
+        with self._states_lock:
+            self._states[watch_id] = text
+            if self._states_online:
+                self._client.publish(watch_state_topic(self.prefix, watch_id), text, qos=1, retain=True)
 
     def publish_scores(self, watch_id: str, payload: dict) -> None:
         # Diagnostics only: QoS 0, not retained, not queued while the broker is away.

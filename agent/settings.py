@@ -39,7 +39,9 @@ class Settings:
     watch: list[str] = field(default_factory=list)  # `demo`, `replay:FILE` or Bluetooth addresses
     protocol: list[str] | None = None  # per Bluetooth watch, or one for all; None: recognise each
     scan_timeout: float = 10.0  # seconds to look for a watch BlueZ does not know yet
-    retry_budget: float = 120.0  # seconds to keep reconnecting after a link loss
+    # Seconds to keep looking for a watch absent at start or reconnecting after a link loss; None: forever
+    # (a watch on its charger is not a configuration error).
+    retry_budget: float | None = None
     mqtt: str | None = None  # broker URL; None: start a local broker
     model: str | None = None  # bundled name or .pte; None: the bundled default
     speed: float = 1.0  # replay speed (0: as fast as possible)
@@ -70,6 +72,13 @@ class Settings:
     mqtt_retry_min_s: float = 1.0
     mqtt_retry_max_s: float = 30.0
     drain_s: float = 10.0  # how long a stopping agent waits for the broker to take what is still queued
+    # Live watches (config file keys of the same name; the tests shorten them).
+    backoff_initial: float = 1.0  # seconds before the second attempt to find or connect a watch; doubles each time
+    backoff_max: float = 60.0  # the most seconds between two attempts
+    # A connected watch silent this long is treated as a lost link: well above every protocol's frame interval
+    # (InfiniTime's 1 s poll is the longest), short enough that a watch BlueZ stopped serving comes back quickly.
+    stall_timeout: float = 5.0
+    state_interval: float = 60.0  # seconds between two <prefix>/watch/<watch>/state messages when nothing changed
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
@@ -191,6 +200,12 @@ TOP_LEVEL: dict[str, tuple[str, Check]] = {
     "ha_prefix": ("ha_prefix", _string),
     "queue_dir": ("queue_dir", _string),
     "queue_size": ("queue_size", _integer(1)),
+    "scan_timeout": ("scan_timeout", _number(0.1)),
+    "retry_budget": ("retry_budget", _number(0.1)),
+    "backoff_initial": ("backoff_initial", _number(0.01)),
+    "backoff_max": ("backoff_max", _number(0.01)),
+    "stall_timeout": ("stall_timeout", _number(0.1)),
+    "state_interval": ("state_interval", _number(0.1)),
 }
 MQTT_TABLE: dict[str, tuple[str, Check]] = {
     "url": ("mqtt", _url),
@@ -289,4 +304,6 @@ def merge_options(given: Mapping[str, Any], explicit: set[str], environment: Map
             out[name] = environment[name]
         elif name in file:
             out[name] = file[name]
+    for name, value in file.items():  # settings only the file sets (backoff_initial, stall_timeout, …)
+        out.setdefault(name, value)
     return out

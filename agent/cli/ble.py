@@ -19,10 +19,12 @@ from l2mu.agent.settings import DEFAULTS
 ProtocolOpt = Annotated[str, typer.Option(help="auto (from the watch's services), polar, infinitime, metawear, bangle "
                                                "or l2mu.")]
 ScanTimeoutOpt = Annotated[float, typer.Option(help="Seconds to scan for a watch BlueZ has not seen yet.", min=0.1)]
-RetryBudgetOpt = Annotated[float, typer.Option(help="Seconds to keep reconnecting after the link drops.", min=0.1)]
+RetryBudgetOpt = Annotated[float | None, typer.Option(
+    help="Give up on a watch absent at start, or away after a link loss, for this many seconds. Default: never "
+         "(it is looked for with backoff until it returns).", min=0.1)]
 
 
-def ble_options(scan_timeout: float, retry_budget: float) -> Any:
+def ble_options(scan_timeout: float, retry_budget: float | None) -> Any:
     from l2mu.agent.ble import BleOptions
 
     return BleOptions(scan_timeout_s=scan_timeout, retry_budget_s=retry_budget)

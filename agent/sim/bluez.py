@@ -23,6 +23,12 @@ BlueZ's object layout and signals, so an unmodified client cannot tell it from b
   arrive as PropertiesChanged on Value) and AcquireNotify (a SOCK_SEQPACKET socket per client,
   NotifyAcquired set).
 
+Faults, for tests: `stop_bluez`/`start_bluez` (bluetoothd restarting: every connection and object
+dropped, `org.bluez` released, later owned again and the adapter announced), `set_powered`,
+`remove_adapter`/`add_adapter` (InterfacesRemoved/Added), `fail_connect` (the next Connects fail with
+a given error; `le-connection-abort-by-local` shows Connected going true and false first, as BlueZ
+does) and `stall_notifications` (the link stays up, notifications stop until it disconnects).
+
 A `Peripheral` is the firmware side: it declares services and answers writes, reads and
 subscriptions, and sends notifications through the `Link` it gets while connected.
 """
@@ -160,6 +166,8 @@ class _Device:
     chars: dict[str, _Char] = field(default_factory=dict)  # by path
     gatt_paths: list[str] = field(default_factory=list)  # creation order
     last_seen: float = 0.0
+    connect_failures: list[tuple[str, str]] = field(default_factory=list)  # (error, text) for the next Connects
+    stalled: bool = False  # connected, but its notifications no longer reach anyone (until it disconnects)
 
 
 def _v(signature: str, value: Any) -> Variant:
@@ -192,6 +200,7 @@ class VirtualAdapter:
         self._tasks: set[asyncio.Task] = set()
         self._held: list[tuple[_Device, str, bytes]] | None = None  # notifications held until a reply is out
         self._rng = random.Random(0)
+        self.bluez_running = True  # False between stop_bluez and start_bluez
         self._handle = 0x0010
 
     # --- set-up and control ------------------------------------------------------------------
@@ -204,6 +213,13 @@ class VirtualAdapter:
             body=["type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
                   "member='NameOwnerChanged'"]))
         _check(reply)
+        self._add_adapter_object()
+        reply = await self.bus.request_name(BLUEZ)
+        log.debug("requested %s: %s", BLUEZ, reply)
+        self._spawn(self._advertise_loop())
+        self._spawn(self._expiry_loop())
+
+    def _add_adapter_object(self) -> None:
         self._add_object(self.path, {ADAPTER: {
             "Address": _v("s", self.address), "AddressType": _v("s", "public"), "Name": _v("s", "l2mu-virtual"),
             "Alias": _v("s", "l2mu-virtual"), "Class": _v("u", 0), "Powered": _v("b", True),
@@ -212,10 +228,52 @@ class VirtualAdapter:
             "UUIDs": _v("as", []), "Modalias": _v("s", "usb:v1D6Bp0246d0542"),
             "Roles": _v("as", ["central", "peripheral"]),
         }})
+
+    # --- faults, as tests inject them ------------------------------------------------------
+
+    def remove_adapter(self) -> None:
+        """The adapter goes (USB dongle pulled, hci reset): connections drop, its devices and then the adapter
+        object itself are removed (InterfacesRemoved), discovery sessions end."""
+        for dev in self._devices.values():
+            if dev.exported:
+                self._unexport_device(dev)
+        self._discovery.clear()
+        self._filters.clear()
+        self._discovery_changed()
+        self._remove_object(self.path)
+
+    def add_adapter(self) -> None:
+        """The adapter is back (InterfacesAdded), powered, knowing no device yet."""
+        if self.path not in self._objects:
+            self._add_adapter_object()
+
+    async def stop_bluez(self) -> None:
+        """bluetoothd stops (systemctl restart bluetooth): it drops every connection and object, then leaves
+        the bus, so `org.bluez` has no owner until `start_bluez`."""
+        self.remove_adapter()
+        self.bluez_running = False
+        await self.bus.release_name(BLUEZ)
+
+    async def start_bluez(self) -> None:
+        """bluetoothd is back: it owns `org.bluez` again and announces its adapter."""
         reply = await self.bus.request_name(BLUEZ)
-        log.debug("requested %s: %s", BLUEZ, reply)
-        self._spawn(self._advertise_loop())
-        self._spawn(self._expiry_loop())
+        log.debug("requested %s again: %s", BLUEZ, reply)
+        self.bluez_running = True
+        self.add_adapter()
+
+    def set_powered(self, powered: bool) -> None:
+        """Adapter1.Powered, as `bluetoothctl power off|on` (or rfkill) sets it."""
+        self._set_powered(powered)
+
+    def fail_connect(self, address: str, error: str, text: str, times: int = 1) -> None:
+        """The next `times` Device1.Connect calls to this device fail with this D-Bus error, e.g.
+        org.bluez.Error.Failed `le-connection-abort-by-local`, or org.bluez.Error.InProgress."""
+        self._device(address).connect_failures.extend([(error, text)] * times)
+
+    def stall_notifications(self, address: str) -> None:
+        """The link stays up, but the device's notifications stop reaching the clients (a controller or
+        firmware that went quiet); disconnecting ends it."""
+        self._device(address).stalled = True
 
     async def close(self) -> None:
         """Stops advertising, expiry and every connection's streaming; the bus stays the caller's."""
@@ -344,9 +402,22 @@ class VirtualAdapter:
                     self._unexport_device(dev)
 
     def _powered(self) -> bool:
-        return bool(self._objects[self.path][ADAPTER]["Powered"].value)
+        adapter = self._objects.get(self.path)  # None while the adapter is removed
+        return adapter is not None and bool(adapter[ADAPTER]["Powered"].value)
+
+    def _set_powered(self, powered: bool) -> None:
+        if self.path not in self._objects:
+            raise KeyError("no adapter to power")
+        self._set(self.path, ADAPTER, {"Powered": _v("b", powered), "PowerState": _v("s", "on" if powered else "off")})
+        if not powered:
+            for dev in self._devices.values():
+                self._teardown(dev, "adapter powered off")
+            self._discovery.clear()
+            self._discovery_changed()
 
     def _discovery_changed(self) -> None:
+        if self.path not in self._objects:
+            return  # no adapter: nothing discovers
         discovering = bool(self._discovery)
         was = self._objects[self.path][ADAPTER]["Discovering"].value
         self._set(self.path, ADAPTER, {"Discovering": _v("b", discovering)})
@@ -411,6 +482,7 @@ class VirtualAdapter:
             return
         self.events.append(("Disconnected", dev.peripheral.address.upper(), reason))
         dev.connected = False
+        dev.stalled = False
         if dev.link is not None:
             dev.link.is_open = False
             dev.link = None
@@ -445,12 +517,26 @@ class VirtualAdapter:
             dev.connecting = None
         self._send(reply)
 
+    async def _abort_connect(self, msg: Message, dev: _Device, error: str, text: str) -> None:
+        """BlueZ's `le-connection-abort-by-local`: the link came up and the controller dropped it at once, so
+        clients see Connected go true and false again before the error."""
+        try:
+            await asyncio.sleep(self.connect_latency_s)
+            self._set(dev.path, DEVICE, {"Connected": _v("b", True)})
+            self._set(dev.path, DEVICE, {"Connected": _v("b", False)})
+            self.events.append(("Disconnected", dev.peripheral.address.upper(), text))
+        finally:
+            dev.connecting = None
+        self._send(Message.new_error(msg, error, text))
+
     # --- notifications -----------------------------------------------------------------------
 
     def _notify(self, dev: _Device, char_uuid: str, data: bytes) -> bool:
         char = next((c for c in dev.chars.values() if c.spec.uuid.lower() == char_uuid), None)
         if char is None or not any(f in char.spec.flags for f in NOTIFYING_FLAGS):
             raise ValueError(f"{dev.peripheral.name}: {char_uuid} is not a characteristic that notifies")
+        if dev.stalled:
+            return False
         if self._held is not None:
             self._held.append((dev, char_uuid, data))
             return bool(char.sessions or char.sockets)
@@ -526,7 +612,7 @@ class VirtualAdapter:
             return None
         if msg.message_type != MessageType.METHOD_CALL:
             return None
-        if msg.destination not in (BLUEZ, self.bus.unique_name):
+        if msg.destination not in (BLUEZ, self.bus.unique_name) or not self.bluez_running:
             return None
         try:
             return self._dispatch(msg)
@@ -579,14 +665,10 @@ class VirtualAdapter:
                 raise BluezError("org.freedesktop.DBus.Error.InvalidArgs", "No such property or read-only")
             if value.signature != self._objects[path][iface][name].signature:
                 raise BluezError("org.bluez.Error.InvalidArguments", "Invalid arguments in method call")
-            self._set(path, iface, {name: value})
             if iface == ADAPTER and name == "Powered":
-                self._set(path, iface, {"PowerState": _v("s", "on" if value.value else "off")})
-                if not value.value:
-                    for dev in self._devices.values():
-                        self._teardown(dev, "adapter powered off")
-                    self._discovery.clear()
-                    self._discovery_changed()
+                self._set_powered(bool(value.value))
+            else:
+                self._set(path, iface, {name: value})
             return Message.new_method_return(msg)
         raise BluezError("org.freedesktop.DBus.Error.UnknownMethod", f"Properties.{msg.member}")
 
@@ -639,6 +721,12 @@ class VirtualAdapter:
                 return Message.new_method_return(msg)
             if dev.connecting is not None:
                 raise BluezError("org.bluez.Error.InProgress", "In Progress")
+            if dev.connect_failures:
+                error, text = dev.connect_failures.pop(0)
+                if text != "le-connection-abort-by-local":
+                    raise BluezError(error, text)
+                dev.connecting = self._spawn(self._abort_connect(msg, dev, error, text))
+                return True
             dev.connecting = self._spawn(self._connect(msg, dev))
             return True  # answered when the connection is up or has failed
         if member == "Disconnect":
@@ -839,7 +927,10 @@ class VirtualBluetooth:
         adapter = self.adapter
 
         async def run() -> T:
-            return fn(adapter, *args)
+            result = fn(adapter, *args)
+            if asyncio.iscoroutine(result):  # stop_bluez, start_bluez
+                result = await result
+            return result
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=15)
 

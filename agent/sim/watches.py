@@ -38,6 +38,8 @@ HEART_RATE_SERVICE = "0000180d-0000-1000-8000-00805f9b34fb"
 HEART_RATE_MEASUREMENT = "00002a37-0000-1000-8000-00805f9b34fb"
 NUS_RX = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
 NUS_TX = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
+BATTERY_SERVICE = "0000180f-0000-1000-8000-00805f9b34fb"
+BATTERY_LEVEL = "00002a19-0000-1000-8000-00805f9b34fb"
 
 
 class MotionTape:
@@ -138,6 +140,42 @@ class VirtualWatch(Peripheral):
         # and subtracts this to tell the agent's own CPU.
         self.firmware_cpu_s = 0.0
         self._receiver_cpu_s = 0.0
+        # The Battery Service every one of these families has: full at switch-on, draining as its clock runs.
+        self.battery_full = 100
+        self.battery_drain_s = 40.0  # watch-clock seconds per percent (short, so tests see it change)
+
+    def services(self) -> list[GattService]:
+        return [*self.protocol_services(), GattService(BATTERY_SERVICE, [
+            GattCharacteristic(BATTERY_LEVEL, ("read", "notify"), bytes([self.battery_level()]))])]
+
+    def protocol_services(self) -> list[GattService]:
+        return []
+
+    def battery_level(self) -> int:
+        return max(1, self.battery_full - int(self.clock.now() / self.battery_drain_s))
+
+    def on_read(self, char_uuid: str) -> bytes | None:
+        if char_uuid == BATTERY_LEVEL:
+            return bytes([self.battery_level()])
+        return None
+
+    def on_notify_enabled(self, char_uuid: str, enabled: bool) -> None:
+        if char_uuid != BATTERY_LEVEL:
+            return
+        if enabled:
+            self._start_stream("battery", self._battery())
+        else:
+            self._stop_stream("battery")
+
+    async def _battery(self) -> AsyncIterator[None]:
+        level = self.battery_level()
+        while True:  # notified on change, as a real Battery Service does
+            await asyncio.sleep(self.clock.wait_for((self.battery_full - level + 1) * self.battery_drain_s) + 0.01)
+            now = self.battery_level()
+            if now != level:
+                level = now
+                self.send(BATTERY_LEVEL, bytes([level]))
+            yield
 
     def on_connect(self, link: Link) -> None:
         self._link = link
@@ -223,7 +261,7 @@ class PolarWatch(VirtualWatch):
     def advertised_uuids(self) -> list[str]:
         return [HEART_RATE_SERVICE]
 
-    def services(self) -> list[GattService]:
+    def protocol_services(self) -> list[GattService]:
         return [
             GattService(HEART_RATE_SERVICE, [GattCharacteristic(HEART_RATE_MEASUREMENT, ("notify",))]),
             GattService(polar_pmd.PMD_SERVICE, [
@@ -243,7 +281,7 @@ class PolarWatch(VirtualWatch):
         return kinds
 
     def on_read(self, char_uuid: str) -> bytes | None:
-        return self._features() if char_uuid == polar_pmd.PMD_CONTROL_POINT else None
+        return self._features() if char_uuid == polar_pmd.PMD_CONTROL_POINT else super().on_read(char_uuid)
 
     def on_write(self, char_uuid: str, data: bytes, with_response: bool) -> None:
         if char_uuid != polar_pmd.PMD_CONTROL_POINT:
@@ -322,7 +360,7 @@ class InfiniTimeWatch(VirtualWatch):
     default_name = "InfiniTime"
     data_char = infinitime.MOTION_VALUES_CHAR
 
-    def services(self) -> list[GattService]:
+    def protocol_services(self) -> list[GattService]:
         return [GattService(infinitime.MOTION_SERVICE, [
             GattCharacteristic(infinitime.STEP_COUNT_CHAR, ("read", "notify"), struct.pack("<I", 0)),
             GattCharacteristic(infinitime.MOTION_VALUES_CHAR, ("read", "notify")),
@@ -337,10 +375,11 @@ class InfiniTimeWatch(VirtualWatch):
             return self._value_now()
         if char_uuid == infinitime.STEP_COUNT_CHAR:
             return struct.pack("<I", int(self.clock.now() * 1.6))
-        return None
+        return super().on_read(char_uuid)
 
     def on_notify_enabled(self, char_uuid: str, enabled: bool) -> None:
         if char_uuid != infinitime.MOTION_VALUES_CHAR:
+            super().on_notify_enabled(char_uuid, enabled)
             return
         if enabled:
             self._start_stream("motion", self._poll())
@@ -386,7 +425,7 @@ class MetaWearWatch(VirtualWatch):
     def advertised_uuids(self) -> list[str]:
         return [metawear.METAWEAR_SERVICE]
 
-    def services(self) -> list[GattService]:
+    def protocol_services(self) -> list[GattService]:
         return [GattService(metawear.METAWEAR_SERVICE, [
             GattCharacteristic(metawear.METAWEAR_COMMAND_CHAR, ("write-without-response", "write")),
             GattCharacteristic(metawear.METAWEAR_NOTIFY_CHAR, ("notify",)),
@@ -484,7 +523,7 @@ class L2muWatch(VirtualWatch):
     def advertised_uuids(self) -> list[str]:
         return [l2mu_profile.L2MU_SERVICE]
 
-    def services(self) -> list[GattService]:
+    def protocol_services(self) -> list[GattService]:
         return [GattService(l2mu_profile.L2MU_SERVICE, [
             GattCharacteristic(l2mu_profile.L2MU_IMU_CHAR, ("read", "notify")),
             GattCharacteristic(l2mu_profile.L2MU_CONTROL_CHAR, ("write", "write-without-response")),
@@ -539,8 +578,8 @@ class BangleWatch(L2muWatch):
     def advertised_uuids(self) -> list[str]:
         return [l2mu_profile.L2MU_SERVICE, bangle.NORDIC_UART_SERVICE]
 
-    def services(self) -> list[GattService]:
-        return [*super().services(), GattService(bangle.NORDIC_UART_SERVICE, [
+    def protocol_services(self) -> list[GattService]:
+        return [*super().protocol_services(), GattService(bangle.NORDIC_UART_SERVICE, [
             GattCharacteristic(NUS_RX, ("write", "write-without-response")),
             GattCharacteristic(NUS_TX, ("notify",)),
         ])]

@@ -176,8 +176,9 @@ def cli(bus: str, *args: str, timeout: float = 120) -> subprocess.CompletedProce
 
 
 def test_unknown_address_is_a_one_line_error(bluetooth: Bluetooth, model: Models, mosquitto) -> None:  # noqa: ANN001
+    # With a retry budget, the old give-up behaviour (without one, the agent looks for it until it appears).
     proc = cli(bluetooth.address, "run", "--watch", UNKNOWN, "--mqtt", mosquitto.url, "--model", str(model.tiny),
-               "--scan-timeout", "1")
+               "--scan-timeout", "1", "--retry-budget", "5")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last == (f"error: {UNKNOWN}: no such watch found within 1 s of scanning; is it on, in range and not "

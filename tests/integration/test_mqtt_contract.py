@@ -12,7 +12,10 @@ import pytest
 
 from l2mu.agent.hass import unique_id
 from l2mu.agent.mqtt import MqttPublisher
+from tests.support.cli import REPO
 from tests.support.mqtt import SCHEMA, Subscriber, make_recording, run_agent
+
+STATE_SCHEMA = json.loads((REPO / "docs" / "watch-state.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,26 @@ def test_raw_scores_and_home_assistant_discovery(mosquitto, tiny_program: Path, 
         assert config["value_template"] == "{{ value_json.activity }}"
         assert config["options"] == ["typing", "teeth", "catch", "dribbling", "writing", "clapping", "folding"]
         assert config["device"]["model"] == "tiny-test" and config["device"]["identifiers"]
-        _, scores, retained = sub.take(topic="har/scores/contract")
+        # The watch's battery and connectivity entities, on the same device, read its state topic. (States may
+        # come before or between the configs: collect until each has been seen.)
+        battery_topic = "homeassistant/sensor/l2mu_ha-agent_contract_battery/config"
+        connected_topic = "homeassistant/binary_sensor/l2mu_ha-agent_contract_connected/config"
+        wanted = {battery_topic, connected_topic, "har/watch/contract/state", "har/scores/contract"}
+        seen: dict[str, list[tuple[bytes, bool]]] = {}
+        while not wanted <= set(seen):
+            topic, message, retained = sub.take()
+            if topic == "har/scores/contract" or not retained:  # retained configs and states: earlier runs'
+                seen.setdefault(topic, []).append((message, retained))
+        for topic, device_class in ((battery_topic, "battery"), (connected_topic, "connectivity")):
+            extra = json.loads(seen[topic][0][0])
+            assert extra["state_topic"] == "har/watch/contract/state" and extra["device_class"] == device_class
+            assert extra["availability_topic"] == "har/status/ha-agent"
+            assert extra["device"]["identifiers"] == config["device"]["identifiers"]
+        states = [json.loads(m) for m, _ in seen["har/watch/contract/state"]]
+        for state in states:
+            jsonschema.validate(state, STATE_SCHEMA)
+        assert states[0]["watch"] == "contract" and states[0]["state"] in ("connecting", "streaming"), states
+        scores, retained = seen["har/scores/contract"][0]
         scores = json.loads(scores)
         assert not retained and set(scores) >= {"seq", "scores", "counts", "raw_activity", "window_end"}
         # Home Assistant restarted: it says so, and the agent announces the sensor again.

@@ -83,3 +83,22 @@ def test_every_run_option_is_a_setting_with_its_default_there() -> None:
         if param.default is not None and name != "watch":
             assert param.default == getattr(DEFAULTS, name), name
     assert {option for option, _ in TOP_LEVEL.values()} | {option for option, _ in MQTT_TABLE.values()} <= fields
+
+
+def test_live_watch_timings_come_from_the_file_and_reach_the_ble_options(tmp_path: Path) -> None:
+    from l2mu.agent.ble import BleOptions
+    from l2mu.agent.settings import DEFAULTS
+
+    # Defaults: kept for ever, 1 s doubling to 60 s, the one place BleOptions takes them from.
+    assert DEFAULTS.retry_budget is None and (DEFAULTS.backoff_initial, DEFAULTS.backoff_max) == (1.0, 60.0)
+    options = BleOptions()
+    assert (options.retry_budget_s, options.backoff_initial_s, options.backoff_max_s, options.stall_timeout_s) == \
+        (None, DEFAULTS.backoff_initial, DEFAULTS.backoff_max, DEFAULTS.stall_timeout)
+    file = load_config(write(tmp_path, "backoff_initial = 0.2\nbackoff_max = 1\nstall_timeout = 1.5\n"
+                                       "state_interval = 2\nretry_budget = 30\n"))
+    # Settings that are no `run` option still come through (the command line gives only its own).
+    merged = merge_options({"watch": None, "retry_budget": None}, set(), {}, file)
+    assert merged == {"watch": None, "retry_budget": 30.0, "backoff_initial": 0.2, "backoff_max": 1.0,
+                      "stall_timeout": 1.5, "state_interval": 2.0}
+    with pytest.raises(ConfigError, match="stall_timeout: must be at least 0.1, got 0"):
+        load_config(write(tmp_path, "stall_timeout = 0\n"))
