@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,9 @@ if TYPE_CHECKING:  # the agent reads metadata without torch installed
 
 FORMAT_VERSION = 1
 SENSOR_UNITS = {"acc": "m/s^2", "gyro": "rad/s"}
+# Twice the widest range any watch's sensor reports (±16 g accelerometers, ±2000 °/s gyroscopes), in the
+# units above: a larger magnitude on any axis is a corrupt file or wrong units, never motion.
+SENSOR_LIMITS = {"acc": 2 * 16 * 9.80665, "gyro": 2 * math.radians(2000.0)}
 
 
 class ModelFileError(RuntimeError):
