@@ -74,8 +74,45 @@ def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, names: list[s
     return {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
 
 
+def tables(folder: Path, trainable: str, lr: float) -> None:
+    """The MODEL.md tables from the filed JSON: the recipe comparison and generic vs personalised."""
+    recipe = json.loads((folder / "recipe-hand7-acc-gyro.json").read_text())["runs"]
+    print("| what learns | lr | held-out macro-F1 (own data) | test accuracy | CPU s |")
+    print("|---|---|---|---|---|")
+    for t, r in sorted({(x["trainable"], x["lr"]) for x in recipe}):
+        mine = [x for x in recipe if (x["trainable"], x["lr"]) == (t, r)]
+        held = np.mean([x["held_out_after"] for x in mine])
+        tuned = np.mean([x["personalised"]["accuracy"] for x in mine])
+        generic = np.mean([x["generic"]["accuracy"] for x in mine])
+        cpu = np.mean([x["cpu_s"] for x in mine])
+        print(f"| {t} | {r:g} | {held:.3f} | {tuned:.3f} (generic {generic:.3f}) | {cpu:.1f} | ({len(mine)} wearers)")
+    print()
+    for path in sorted(folder.glob("hand*.json")):
+        runs = [x for x in json.loads(path.read_text())["runs"] if (x["trainable"], x["lr"]) == (trainable, lr)]
+        subjects = sorted({x["subject"] for x in runs})
+        print(f"`{path.stem}` ({trainable}, lr {lr:g}): test accuracy generic → personalised")
+        print("| own data per activity | " + " | ".join(map(str, subjects)) + " | mean | CPU s (mean) |")
+        print("|---|" + "---|" * (len(subjects) + 2))
+        for sec in sorted({x["seconds"] for x in runs}):
+            row = {x["subject"]: x for x in runs if x["seconds"] == sec}
+            cells = [f"{row[s]['generic']['accuracy']:.3f} → **{row[s]['personalised']['accuracy']:.3f}**"
+                     if s in row else "–" for s in subjects]
+            g = np.mean([x["generic"]["accuracy"] for x in row.values()])
+            pz = np.mean([x["personalised"]["accuracy"] for x in row.values()])
+            cpu = np.mean([x["cpu_s"] for x in row.values()])
+            print(f"| {sec:g} s | " + " | ".join(cells) + f" | {g:.3f} → **{pz:.3f}** | {cpu:.1f} |")
+        print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--table", type=Path, help="print the MODEL.md tables from this folder's JSON and stop")
+    ap.add_argument("--recipe", default="readout:5e-4", help="with --table: the recipe of the main table")
+    if "--table" in __import__("sys").argv:
+        args, _ = ap.parse_known_args()
+        t, lr = args.recipe.split(":")
+        tables(args.table, t, float(lr))
+        return
     ap.add_argument("data", type=Path)
     ap.add_argument("--model", default="hand7-acc-gyro")
     ap.add_argument("--seconds", default="30,60,120")

@@ -311,7 +311,8 @@ def personalise(
                                            "beside it).")],
     model: Annotated[str | None, typer.Option(help="Bundled model name or .pte program (its .pt checkpoint "
                                                    "beside it) to start from.")] = None,
-    trainable: Annotated[str, typer.Option(help="Weights that learn: all, or readout (h and output).")] = "all",
+    trainable: Annotated[str | None, typer.Option(
+        help="Weights that learn: all, or readout (h and output; default: the measured choice).")] = None,
     lr: Annotated[float | None, typer.Option(min=0, help="Learning rate (AdamW; default: the measured one).")]
     = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (early stop on the held-out part).")]
@@ -331,7 +332,7 @@ def personalise(
 
     if out.suffix != ".pte":
         raise UsageError(f"--out {out}: the program file must end in .pte")
-    if trainable not in ("all", "readout"):
+    if trainable not in (None, "all", "readout"):
         raise UsageError("--trainable must be all or readout")
     program = Path(model) if model and model.endswith(".pt") else resolve_model(model)
     eager = program.with_suffix(".pt")
@@ -342,7 +343,7 @@ def personalise(
     only_l2mu(ckpt, "are personalised")
     segments = wearer_segments(recordings, ckpt)
     defaults = PersonaliseConfig()
-    cfg = dataclasses.replace(defaults, trainable=trainable, lr=defaults.lr if lr is None else lr,
+    cfg = dataclasses.replace(defaults, trainable=trainable or defaults.trainable, lr=defaults.lr if lr is None else lr,
                               epochs=epochs or defaults.epochs, seed=seed)
     with staged_files(out, (".pt", ".report.json", ".json")) as target:
         work = target.parent / "work"
