@@ -77,15 +77,15 @@ def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, names: list[s
 def tables(folder: Path, trainable: str, lr: float) -> None:
     """The MODEL.md tables from the filed JSON: the recipe comparison and generic vs personalised."""
     recipe = json.loads((folder / "recipe-hand7-acc-gyro.json").read_text())["runs"]
-    print("| what learns | lr | held-out macro-F1 (own data) | test accuracy | CPU s |")
-    print("|---|---|---|---|---|")
+    print("| what learns | lr | wearers | best held-out macro-F1 (own data) | test accuracy (generic) | CPU s |")
+    print("|---|---|---|---|---|---|")
     for t, r in sorted({(x["trainable"], x["lr"]) for x in recipe}):
         mine = [x for x in recipe if (x["trainable"], x["lr"]) == (t, r)]
         held = np.mean([x["held_out_after"] for x in mine])
         tuned = np.mean([x["personalised"]["accuracy"] for x in mine])
         generic = np.mean([x["generic"]["accuracy"] for x in mine])
         cpu = np.mean([x["cpu_s"] for x in mine])
-        print(f"| {t} | {r:g} | {held:.3f} | {tuned:.3f} (generic {generic:.3f}) | {cpu:.1f} | ({len(mine)} wearers)")
+        print(f"| {t} | {r:g} | {len(mine)} | {held:.3f} | {tuned:.3f} ({generic:.3f}) | {cpu:.1f} |")
     print()
     for path in sorted(folder.glob("hand*.json")):
         runs = [x for x in json.loads(path.read_text())["runs"] if (x["trainable"], x["lr"]) == (trainable, lr)]
