@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,12 @@ from l2mu.model.metadata import SENSOR_UNITS
 
 HEADER_LINE = "# l2mu-recording v1"
 COLUMNS = ["time_s", "sensor", "x", "y", "z", "label"]
+FIRST_SAMPLE_LINE = 3  # after the format line and the column header; one sample per line
+
+
+def line_of(index: int) -> int:
+    """The file line of the `index`-th sample `read_recording` returned."""
+    return FIRST_SAMPLE_LINE + index
 
 
 def _open(path: Path, mode: str, gz: bool | None = None) -> io.TextIOBase:
@@ -47,7 +54,7 @@ def read_recording(path: Path) -> list[Sample]:
             header = next(reader, None)
             if header != COLUMNS:
                 raise RecordingError(f"{path}: expected columns {','.join(COLUMNS)}")
-            for lineno, row in enumerate(reader, 3):
+            for lineno, row in enumerate(reader, FIRST_SAMPLE_LINE):
                 try:
                     t, sensor, x, y, z, label = row
                     if sensor not in SENSOR_UNITS:
@@ -55,7 +62,7 @@ def read_recording(path: Path) -> list[Sample]:
                     samples.append(Sample(float(t), sensor, (float(x), float(y), float(z)), label))
                 except ValueError as exc:
                     raise RecordingError(f"{path}:{lineno}: bad row {','.join(row)[:60]!r} ({exc})") from exc
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as exc:
         raise RecordingError(f"{path}: cannot read ({exc})") from exc
     if not samples:
         raise RecordingError(f"{path}: recording holds no samples")

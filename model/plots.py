@@ -15,7 +15,9 @@ import numpy as np  # noqa: E402
 def plot_curves(history: Sequence[dict], out: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss", color="tab:blue")
+    # A fine-tune's epoch -1 (the starting model) has validation scores but no training loss.
+    loss = [np.nan if h["train_loss"] is None else h["train_loss"] for h in history]
+    ax1.plot(epochs, loss, label="train loss", color="tab:blue")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax2 = ax1.twinx()

@@ -5,6 +5,7 @@ Writes into --out: checkpoint.pt, report.json, curves.png, confusion.png.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -19,22 +20,26 @@ from torch import nn
 from l2mu.model import wisdm
 from l2mu.model.augment import augment, random_slower_watch, slower_watch, time_warp
 from l2mu.model.baselines import BASELINE_ARCHS, BaselineConfig, build_baseline
-from l2mu.model.checkpoint import save_checkpoint
+from l2mu.model.checkpoint import Checkpoint, save_checkpoint
 from l2mu.model.l2mu import L2MU, L2MUConfig
 from l2mu.model.metadata import ModelMetadata
 from l2mu.model.metrics import classification_report
-from l2mu.model.splits import TEST_SUBJECTS, split_subjects
-
-OTHER = "other"
-CLASS_SETS = {"hand7": wisdm.HAND7, "hand8": (*wisdm.HAND7, OTHER)}
-SENSOR_SETS = {"acc-gyro": ("acc", "gyro"), "acc": ("acc",)}
+from l2mu.model.trainingdata import (  # noqa: F401 (labels_for, labelled_windows: imported from here too)
+    CLASS_SETS,
+    OTHER,
+    SENSOR_SETS,
+    TrainingData,
+    labelled_windows,
+    labels_for,
+    load_training_data,
+)
 
 
 @dataclass
 class TrainConfig:
-    data: Path
+    data: Path | None  # WISDM-2019 root; None: recordings alone
     out: Path
-    classes: str = "hand7"
+    classes: str | None = "hand7"  # hand7, hand8, a comma-separated list; None: every recorded label
     sensors: str = "acc-gyro"
     neuron: str = "leaky"
     arch: str = "l2mu"  # or a non-spiking baseline: "lmu", "gru"
@@ -45,9 +50,12 @@ class TrainConfig:
     patience: int = 10
     train_hop: int = 20  # 1 s between training windows: overlapping, shifted examples
     eval_hop: int = wisdm.WINDOW_SAMPLES
+    window: int = wisdm.WINDOW_SAMPLES  # grid samples per window (2 s); shorter ones export faster (tests)
     seed: int = 0
     subjects: list[int] | None = None
     val_subjects: list[int] | None = None
+    recordings: list[Path] = field(default_factory=list)  # folders of labelled recordings, by wearer
+    val_wearers: list[str] | None = None  # validation wearers by name (WISDM subjects by number)
     rotate_deg: float = 30.0  # augmentation: random watch orientation within ±this
     # The recipe below was chosen by `l2mu-agent crossval` (MODEL.md, "Cross-subject protocol"): on 30
     # wearers it ties the plain recipe in accuracy, keeps accuracy at 10 Hz watches and u/m firing.
@@ -63,6 +71,10 @@ class TrainConfig:
     # Watch rates at which the validation windows are also scored (through `slower_watch`).
     eval_rates_hz: tuple[float, ...] = ()
     max_steps_per_epoch: int | None = None  # tests cap this to train for a few steps
+    # Fine-tuning from a checkpoint (`train(start=…)`): which weights learn, "all" or "readout" (the h and
+    # output populations and their synapses; the input module and the Legendre memory stay as they were).
+    trainable: str = "all"
+    plots: bool = True
     name: str = ""
     model: dict = field(default_factory=dict)  # L2MUConfig / BaselineConfig overrides
 
@@ -71,34 +83,9 @@ def class_codes(classes: str) -> tuple[str, ...]:
     return CLASS_SETS[classes]
 
 
-def labels_for(activities: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
-    """Index into classes; activities outside the set map to `other` if present, else -1 (dropped)."""
-    index = {c: i for i, c in enumerate(classes)}
-    fallback = index.get(OTHER, -1)
-    return np.array([index.get(a, fallback) for a in activities], dtype=np.int64)
-
-
-def labelled_windows(
-    root: Path, subjects: list[int], sensors: tuple[str, ...], classes: tuple[str, ...], hop: int,
-    rng: np.random.Generator | None = None, window: int = wisdm.WINDOW_SAMPLES,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x [W,T,C], y [W], subject [W]); with `other` in classes, it is subsampled to a hand class's size."""
-    acts = None if OTHER in classes else classes
-    w = wisdm.load_windows(root, subjects, sensors, acts, hop=hop, window=window)
-    y = labels_for(w.activity, classes)
-    keep = y >= 0
-    if OTHER in classes:
-        other = np.flatnonzero(y == classes.index(OTHER))
-        per_class = int(np.bincount(y[y != classes.index(OTHER)], minlength=len(classes) - 1).mean())
-        if len(other) > per_class:
-            gen = rng or np.random.default_rng(0)
-            drop = gen.choice(other, len(other) - per_class, replace=False)
-            keep[drop] = False
-    return w.x[keep], y[keep], w.subject[keep]
-
-
 def default_name(cfg: TrainConfig) -> str:
-    name = f"{cfg.classes}-{cfg.sensors}"
+    classes = cfg.classes if cfg.classes in CLASS_SETS else "recorded"
+    name = f"{classes}-{cfg.sensors}"
     if cfg.arch != "l2mu":
         return f"{name}-{cfg.arch}"
     return f"{name}-synaptic" if cfg.neuron == "synaptic" else name
@@ -140,7 +127,7 @@ def scores_by_subject(y: np.ndarray, pred: np.ndarray, subjects: np.ndarray, cla
     for s in np.unique(subjects):
         sel = subjects == s
         rep = classification_report(y[sel], pred[sel], classes)
-        out[str(int(s))] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n_windows": int(sel.sum())}
+        out[str(s)] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n_windows": int(sel.sum())}
     return out
 
 
@@ -148,7 +135,39 @@ def rate_penalty(rates: dict[str, torch.Tensor], floor: float) -> torch.Tensor:
     return sum(torch.relu(floor - rates[p].mean()) ** 2 for p in ("u", "m"))
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
+READOUT = ("w_x.", "w_h.", "w_m.", "fc_out.", "lif.h.", "lif.out.")  # the parameters trainable="readout" trains
+
+
+def trainable_parameters(model: nn.Module, which: str) -> list[nn.Parameter]:
+    if which == "all":
+        return list(model.parameters())
+    if which == "readout" and isinstance(model, L2MU):
+        chosen = [p for n, p in model.named_parameters() if n.startswith(READOUT)]
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(READOUT))
+        return chosen
+    raise ValueError(f"trainable must be 'all' or 'readout' (an L2MU's), not {which!r}")
+
+
+def training_data(cfg: TrainConfig, rng: np.random.Generator) -> TrainingData:
+    return load_training_data(
+        cfg.data, cfg.recordings, SENSOR_SETS[cfg.sensors], cfg.classes, cfg.train_hop, cfg.eval_hop, rng,
+        subjects=cfg.subjects, val_subjects=cfg.val_subjects, val_wearers=cfg.val_wearers, window=cfg.window,
+    )
+
+
+def validation_report(model: nn.Module, data: TrainingData, x_va: np.ndarray) -> dict:
+    if not len(x_va):
+        return {}
+    return classification_report(data.y_va, predict_counts(model, x_va).argmax(1), data.classes.codes)
+
+
+def train(cfg: TrainConfig, progress: bool = True, data: TrainingData | None = None,
+          start: Checkpoint | None = None) -> dict:
+    """The one training loop. From scratch (`start` None: a new model, normalised by the training windows'
+    statistics) or fine-tuning `start` (its weights, its normalisation, its classes; epoch -1, the starting
+    model itself, competes for the best validation score). `data`: windows already assembled (personalisation
+    builds its own split), else loaded from cfg."""
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -156,56 +175,61 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
 
-    sensors = SENSOR_SETS[cfg.sensors]
-    classes = class_codes(cfg.classes)
-    available = wisdm.list_subjects(cfg.data, sensors)
-    if not available:
-        raise wisdm.DatasetError(f"{cfg.data}: no subject has all of {', '.join(sensors)}")
-    if cfg.val_subjects == []:  # a final fit: every pool subject trains, the epoch count is given
-        pool = cfg.subjects or [s for s in available if s not in TEST_SUBJECTS]
-        train_subj, val_subj = sorted(set(pool) & set(available)), []
-    else:
-        train_subj, val_subj = split_subjects(available, cfg.subjects, cfg.val_subjects)
     if cfg.keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', not {cfg.keep!r}")
-    x_tr, y_tr, _ = labelled_windows(cfg.data, train_subj, sensors, classes, cfg.train_hop, rng)
-    x_va, y_va, s_va = labelled_windows(cfg.data, val_subj, sensors, classes, cfg.eval_hop, rng)
-    if not val_subj:
-        x_va = np.zeros((0, *x_tr.shape[1:]), np.float32)
-    if len(x_tr) == 0:
-        raise wisdm.DatasetError(f"{cfg.data}: no training windows for subjects {train_subj}")
-
-    mean = x_tr.reshape(-1, x_tr.shape[-1]).mean(0)
-    std = x_tr.reshape(-1, x_tr.shape[-1]).std(0) + 1e-6
+    sensors = SENSOR_SETS[cfg.sensors] if start is None else tuple(start.metadata.sensors)
+    data = data or training_data(cfg, rng)
+    classes = data.classes.codes
+    x_tr, y_tr = data.x_tr, data.y_tr
+    if start is None:
+        mean = x_tr.reshape(-1, x_tr.shape[-1]).mean(0)
+        std = x_tr.reshape(-1, x_tr.shape[-1]).std(0) + 1e-6
+    else:
+        if list(classes) != start.metadata.classes:
+            raise ValueError("fine-tuning data must have the starting model's classes")
+        mean, std = np.asarray(start.metadata.norm_mean), np.asarray(start.metadata.norm_std)
     mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-    x_va = ((x_va - mean) / std).astype(np.float32)
+    x_va = ((data.x_va - mean) / std).astype(np.float32)
 
-    model = build_model(cfg, n_channels=len(sensors) * 3, n_classes=len(classes))
+    if start is None:
+        model = build_model(cfg, n_channels=len(sensors) * 3, n_classes=len(classes))
+    else:
+        model = copy.deepcopy(start.model)
     mcfg = model.cfg
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable_parameters(model, cfg.trainable), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     spiking = isinstance(model, L2MU)
 
-    meta = ModelMetadata(
-        name=cfg.name or default_name(cfg),
-        classes=list(classes),
-        class_names=[wisdm.ACTIVITY_NAMES.get(c, c) for c in classes],
-        sensors=list(sensors),
-        sample_rate_hz=wisdm.SAMPLE_RATE_HZ,
-        window_samples=wisdm.WINDOW_SAMPLES,
-        norm_mean=[float(v) for v in mean],
-        norm_std=[float(v) for v in std],
-        training={
-            "train_subjects": train_subj, "validation_subjects": val_subj,
-            "test_subjects_held_out": [s for s in TEST_SUBJECTS if s not in train_subj + val_subj],
-            "seed": cfg.seed, "train_windows": len(x_tr), "validation_windows": len(x_va),
-        },
-    )
+    split = {**data.split, "seed": cfg.seed, "train_windows": len(x_tr), "validation_windows": len(x_va)}
+    if start is None:
+        meta = ModelMetadata(
+            name=cfg.name or default_name(cfg),
+            classes=list(classes),
+            class_names=list(data.classes.names),
+            sensors=list(sensors),
+            sample_rate_hz=wisdm.SAMPLE_RATE_HZ,
+            window_samples=x_tr.shape[1],
+            norm_mean=[float(v) for v in mean],
+            norm_std=[float(v) for v in std],
+            training=split,
+        )
+    else:
+        meta = copy.deepcopy(start.metadata)
+        meta.name = cfg.name or f"{meta.name}-personal"
+        meta.training = {**split, "fine_tuned_from": start.metadata.name, "base_training": start.metadata.training}
+        meta.program_sha256, meta.state = "", []
     cfg.out.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     best = {"score": -1.0, "epoch": -1}
     best_state = None
+    if start is not None:  # the starting model is the score to beat: fine-tuning never ends worse on validation
+        val = validation_report(model, data, x_va)
+        best = {"score": val.get("macro_f1", -1.0), "epoch": -1}
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        history.append({"epoch": -1, "train_loss": None, "val_accuracy": val.get("accuracy"),
+                        "val_macro_f1": val.get("macro_f1"), "seconds": round(time.time() - t0, 1)})
+        save_checkpoint(cfg.out / "checkpoint.pt", model, meta)
     steps_per_epoch = (len(x_tr) + cfg.batch_size - 1) // cfg.batch_size
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -242,7 +266,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 losses.append(loss.item())
                 bar.advance(task)
             sched.step()
-            val = classification_report(y_va, predict_counts(model, x_va).argmax(1), classes) if len(x_va) else {}
+            val = validation_report(model, data, x_va)
             score = val.get("macro_f1", -float(np.mean(losses)))
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
                             "val_accuracy": val.get("accuracy"), "val_macro_f1": val.get("macro_f1"),
@@ -260,9 +284,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if best_state is not None:
         model.load_state_dict(best_state)
     pred_va = predict_counts(model, x_va).argmax(1)
+    y_va = data.y_va
     val = classification_report(y_va, pred_va, classes) if len(x_va) else {}
     if len(x_va):
-        val["by_subject"] = scores_by_subject(y_va, pred_va, s_va, classes)
+        val["by_subject"] = scores_by_subject(y_va, pred_va, data.wearer_va, classes)
         val["firing_rate"] = firing_rates(model, x_va)
         val["at_rate_hz"] = {}
         for rate in cfg.eval_rates_hz:
@@ -278,11 +303,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "validation": val, "seconds": round(time.time() - t0, 1),
         "params": sum(p.numel() for p in model.parameters()),
     }
-    (cfg.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (cfg.out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if not cfg.plots:
+        return report
     from l2mu.model.plots import plot_confusion, plot_curves
 
     plot_curves(history, cfg.out / "curves.png")
     if val:
+        who = [*map(str, data.split.get("validation_subjects", [])), *data.split.get("validation_wearers", [])]
         plot_confusion(np.array(val["confusion"]), meta.class_names, cfg.out / "confusion.png",
-                       title=f"{meta.name}: validation subjects {val_subj}")
+                       title=f"{meta.name}: validation wearers {', '.join(who)}")
     return report

@@ -48,6 +48,13 @@ def parse_subjects(values: list[str] | None) -> list[int] | None:
     return out
 
 
+def parse_names(values: list[str] | None) -> list[str] | None:
+    """--val-wearers anna,ben or --val-wearers anna --val-wearers ben."""
+    if not values:
+        return None
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
 SubjectsOpt = Annotated[
     list[str] | None, typer.Option("--subjects", help="Subject ids, comma-separated or repeated.")
 ]

@@ -10,8 +10,8 @@ import pytest
 
 from tests.support.cli import cli_command
 
-COMMANDS = ["train", "evaluate", "export", "run", "models", "wisdm-recording", "stream-accuracy", "doctor",
-            "compress", "bench"]
+COMMANDS = ["train", "evaluate", "personalise", "export", "run", "models", "wisdm-recording", "stream-accuracy",
+            "doctor", "compress", "bench"]
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
