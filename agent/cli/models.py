@@ -197,6 +197,14 @@ def load_scorer(model: str | None) -> tuple[Any, Any, Any]:
     return clf.meta, program_counts, twin
 
 
+def _echo_scores(result: dict, source: str) -> None:
+    """An evaluation's headline and per-class scores, for a terminal."""
+    typer.echo(f"model {result['model']}: {result['n_windows']} windows from {source}")
+    typer.echo(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
+    for name, m in result["per_class"].items():
+        typer.echo(f"  {name:<10} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
+
+
 @app.command()
 @one_line_errors
 def evaluate(
@@ -233,10 +241,7 @@ def evaluate(
         if as_json:
             typer.echo(json.dumps(result))
             return
-        typer.echo(f"model {result['model']}: {result['n_windows']} windows from {result['n_wearers']} wearers")
-        typer.echo(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
-        for name, m in result["per_class"].items():
-            typer.echo(f"  {name:<10} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
+        _echo_scores(result, f"{result['n_wearers']} wearers")
         for wearer, m in result["by_wearer"].items():
             typer.echo(f"  wearer {wearer:<12} accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
                        f"n {m['n_windows']}")
@@ -256,10 +261,7 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"model {result['model']}: {result['n_windows']} windows from {result['n_subjects']} subjects")
-    typer.echo(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
-    for name, m in result["per_class"].items():
-        typer.echo(f"  {name:<10} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
+    _echo_scores(result, f"{result['n_subjects']} subjects")
     if "cost" in result:
         c = result["cost"]
         ops = f"SynOps {c['synops_per_window']:,.0f}" if "synops_per_window" in c else f"MACs {c['macs_per_window']:,}"
