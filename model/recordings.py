@@ -28,6 +28,7 @@ from l2mu.agent.events import Sample
 from l2mu.agent.pipeline import StreamAligner
 from l2mu.agent.recording import line_of, read_recording
 from l2mu.agent.settings import SENSOR_LIMITS
+from l2mu.model.timegrid import cut
 
 SUFFIXES = (".csv", ".csv.gz")
 
@@ -145,14 +146,8 @@ def load_segments(dirs: Sequence[Path], sensors: Sequence[str], rate_hz: float, 
 
 def cut_windows(segments: Sequence[Segment], window: int, hop: int) -> LabelledWindows:
     """Windows starting every `hop` grid samples inside each segment (what `Windower` emits)."""
-    xs, labels, wearers = [], [], []
-    for seg in segments:
-        n = len(seg.values)
-        for start in range(0, n - window + 1, hop):
-            xs.append(seg.values[start : start + window])
-            labels.append(seg.label)
-            wearers.append(seg.wearer)
-    if not xs:
-        channels = segments[0].values.shape[1] if segments else 0
-        return LabelledWindows(np.zeros((0, window, channels), np.float32), np.array([], str), np.array([], str))
-    return LabelledWindows(np.stack(xs), np.array(labels), np.array(wearers))
+    x, source = cut([seg.values for seg in segments], window, hop)
+    if not len(x):
+        return LabelledWindows(x, np.array([], str), np.array([], str))
+    return LabelledWindows(x, np.array([segments[i].label for i in source]),
+                           np.array([segments[i].wearer for i in source]))

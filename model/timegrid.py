@@ -59,3 +59,19 @@ def align_streams(
         cols = [np.column_stack([np.interp(grid, t, v[:, k]) for k in range(v.shape[1])]) for t, v in cleaned]
         pieces.append((grid, np.hstack(cols)))
     return pieces
+
+
+def cut(series: Sequence[np.ndarray], window: int, hop: int, channels: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of `window` rows starting every `hop` rows inside each series ([N_i, C] each), as the agent's
+    `Windower` places them: (windows [W, window, C] float32, index into `series` of each window's source).
+    `channels` sizes the empty result when there are no series at all."""
+    xs, source = [], []
+    for i, values in enumerate(series):
+        for start in range(0, len(values) - window + 1, hop):
+            xs.append(values[start : start + window])
+            source.append(i)
+    if not xs:
+        c = series[0].shape[1] if len(series) else channels
+        return np.zeros((0, window, c), np.float32), np.array([], int)
+    return np.stack(xs), np.array(source)
+

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2mu.model.timegrid import align_streams
+from l2mu.model.timegrid import align_streams, cut
 
 ACTIVITY_NAMES: dict[str, str] = {
     "A": "walking", "B": "jogging", "C": "stairs", "D": "sitting", "E": "standing",
@@ -176,17 +176,11 @@ def load_subject(
 
 
 def cut_windows(recordings: Sequence[Recording], window: int = WINDOW_SAMPLES, hop: int = WINDOW_SAMPLES) -> Windows:
-    xs, acts, subs = [], [], []
-    for rec in recordings:
-        n = len(rec.t)
-        for start in range(0, n - window + 1, hop):
-            xs.append(rec.values[start : start + window])
-            acts.append(rec.activity)
-            subs.append(rec.subject)
-    channels = recordings[0].values.shape[1] if recordings else 0
-    if not xs:
-        return Windows(np.zeros((0, window, channels), np.float32), np.array([], dtype="<U1"), np.array([], int))
-    return Windows(np.stack(xs), np.array(acts), np.array(subs))
+    x, source = cut([rec.values for rec in recordings], window, hop)
+    if not len(x):
+        return Windows(x, np.array([], dtype="<U1"), np.array([], int))
+    return Windows(x, np.array([recordings[i].activity for i in source]),
+                   np.array([recordings[i].subject for i in source]))
 
 
 def load_windows(
