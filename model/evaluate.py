@@ -12,7 +12,7 @@ from l2mu.model import wisdm
 from l2mu.model.metadata import ModelMetadata
 from l2mu.model.metrics import classification_report
 from l2mu.model.recordings import cut_windows, load_segments
-from l2mu.model.train import labelled_windows
+from l2mu.model.train import labelled_windows, scores_by_subject
 from l2mu.model.trainingdata import ClassSet
 
 
@@ -47,20 +47,9 @@ def evaluate_windows(
 
         x = slower_watch(torch.from_numpy(x), watch_rate_hz).numpy()
     x = ((x - np.asarray(meta.norm_mean)) / np.asarray(meta.norm_std)).astype(np.float32)
-    chunk = 256
-    counts = []
-    for i in range(0, len(x), chunk):
-        counts.append(counts_fn(x[i : i + chunk]))
-        if progress:
-            progress(min(i + chunk, len(x)), len(x))
-    pred = np.concatenate(counts).argmax(1)
+    pred = predict(x, counts_fn, progress)
     report = classification_report(y, pred, meta.class_names)
-    by_subject = {}
-    for s in chosen:
-        sel = subj == s
-        if sel.any():
-            rep = classification_report(y[sel], pred[sel], meta.class_names)
-            by_subject[str(s)] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n_windows": int(sel.sum())}
+    by_subject = scores_by_subject(y, pred, subj, meta.class_names)
     return {
         "model": meta.name,
         **{k: report[k] for k in ("accuracy", "macro_f1")},
@@ -84,15 +73,6 @@ def predict(x: np.ndarray, counts_fn: Callable[[np.ndarray], np.ndarray],
         if progress:
             progress(min(i + chunk, len(x)), len(x))
     return np.concatenate(counts).argmax(1)
-
-
-def score_by(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, names: list[str]) -> dict:
-    out = {}
-    for g in sorted(set(groups.tolist())):
-        sel = groups == g
-        rep = classification_report(y[sel], pred[sel], names)
-        out[str(g)] = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "n_windows": int(sel.sum())}
-    return out
 
 
 def recorded_eval_windows(dirs: Sequence[Path], meta: ModelMetadata, hop: int | None = None
@@ -134,6 +114,6 @@ def evaluate_recordings(
         "per_class": report["per_class"],
         "confusion": report["confusion"],
         "classes": meta.class_names,
-        "by_wearer": score_by(y, pred, wearer, meta.class_names),
+        "by_wearer": scores_by_subject(y, pred, wearer, meta.class_names),
         "unmatched_labels": unmatched,
     }

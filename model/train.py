@@ -79,10 +79,6 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # L2MUConfig / BaselineConfig overrides
 
 
-def class_codes(classes: str) -> tuple[str, ...]:
-    return CLASS_SETS[classes]
-
-
 def default_name(cfg: TrainConfig) -> str:
     classes = cfg.classes if cfg.classes in CLASS_SETS else "recorded"
     name = f"{classes}-{cfg.sensors}"

@@ -117,11 +117,9 @@ def wisdm_split(data: Path, sensors: tuple[str, ...], subjects: list[int] | None
     if not available:
         raise wisdm.DatasetError(f"{data}: no subject has all of {', '.join(sensors)}")
     if val_wearers is not None:
+        # Named wearers that are none of WISDM's leave it without validation: all its subjects train.
         val_subjects = [int(w) for w in val_wearers if w.isdigit() and int(w) in available]
-        if not val_subjects:  # every named wearer is a recorded one: all WISDM subjects train
-            pool = subjects or [s for s in available if s not in TEST_SUBJECTS]
-            return sorted(set(pool) & set(available)), []
-    if val_subjects == []:  # a final fit: every pool subject trains, the epoch count is given
+    if val_subjects == []:  # a final fit (or only recorded wearers named): every pool subject trains
         pool = subjects or [s for s in available if s not in TEST_SUBJECTS]
         return sorted(set(pool) & set(available)), []
     try:

@@ -135,7 +135,6 @@ class Rig:
         self.watches = build_watches(cfg.watches, self.kinds, tape, cfg.seed, max_queue=cfg.max_queue,
                                      max_age_s=cfg.max_age_s)
         self.sources: list[NotificationSource] = [w.source for w in self.watches]
-        self.by_id = {s.watch_id: s for s in self.sources}
         self.tally = Tally()
         # The agent `run` builds, from the same settings, fed by the virtual watches' intakes.
         self.app = build_agent(cfg.settings(), sources=self.sources, classifier=self.classifier,

@@ -147,7 +147,6 @@ def train(
     with staged_dir(out) as staging:  # nothing lands in --out unless training completes
         cfg.out = staging
         report = run_training(cfg, progress=sys.stderr.isatty())
-    cfg.out = out
     val = report["validation"]
     if final:
         typer.echo(f"trained {len(report['history'])} epochs on subjects {report['subjects']['train_subjects']} "
@@ -328,7 +327,7 @@ def personalise(
 
     from l2mu.agent.runtime import native_stderr_silenced, resolve_model
     from l2mu.export.executorch_export import export_program
-    from l2mu.model.checkpoint import load_checkpoint, save_checkpoint
+    from l2mu.model.checkpoint import load_checkpoint
     from l2mu.model.personalise import PersonaliseConfig, personalise, wearer_segments
     from l2mu.model.staging import staged_files
 
@@ -351,7 +350,7 @@ def personalise(
         work = target.parent / "work"
         report = personalise(ckpt, segments, work, cfg, name=name)
         tuned = load_checkpoint(work / "checkpoint.pt")
-        save_checkpoint(target.with_suffix(".pt"), tuned.model, tuned.metadata)
+        (work / "checkpoint.pt").replace(target.with_suffix(".pt"))  # the tuned checkpoint, as written
         with native_stderr_silenced():
             export_program(tuned, target)
         first = report["history"][0]
