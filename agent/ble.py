@@ -205,7 +205,7 @@ class BleSource:
         self.status.readings = self._readings
         self._device_props: dict | None = None  # bleak's live copy of the device's BlueZ properties (RSSI)
         self._rssi_seen: int | None = None  # of the advertisement that found it
-        self._dropped_before = 0  # frames lost on earlier connections' feeds
+        self._gaps_before = 0  # packets the sequence numbers showed lost on earlier connections (drivers restart them)
         self._stalled = False
         self._streaming = False  # connected at least once: later attempts are reconnections
 
@@ -217,9 +217,9 @@ class BleSource:
         rssi = self._device_props.get("RSSI") if self._device_props is not None else None
         if rssi is None:
             rssi = self._rssi_seen
-        dropped = self._dropped_before
+        dropped = self._gaps_before
         if self.intake is not None:
-            dropped += self.intake.feed.errors_total + int(getattr(self.intake.driver, "gaps", 0))
+            dropped += self.intake.decode_errors + int(getattr(self.intake.driver, "gaps", 0))
         return {"rssi": int(rssi) if isinstance(rssi, int) else None, "dropped_frames": dropped}
 
     # --- the stream --------------------------------------------------------------------------
@@ -251,7 +251,7 @@ class BleSource:
                 lost, conn = conn, None
                 self.connecting = True
                 self.status.set("reconnecting", why)
-                self._dropped_before = self._readings()["dropped_frames"]
+                self._gaps_before += int(getattr(lost.driver, "gaps", 0))
                 await self._disconnect(lost)  # releases bleak's per-connection D-Bus connection
                 for sensor in lost.driver.sensors:
                     yield StreamGap(sensor, why)

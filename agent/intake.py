@@ -98,6 +98,7 @@ class NotificationSource:
         self.max_queue = max_queue
         self.max_age_s = max_age_s
         self.feed = NotificationFeed(driver, self._deliver, watch_id, on_gap=self._sequence_gap)
+        self._errors_before = 0  # decode errors of feeds replaced by `attach`
         self.dropped_overflow = 0
         self.dropped_stale = 0
         self.link_drops = 0
@@ -114,12 +115,18 @@ class NotificationSource:
     def attach(self, driver: WatchDriver) -> None:
         """A new connection chose `driver` (a live watch may turn out to be another family after a reconnect)."""
         if driver is not self.driver:
+            self._errors_before += self.feed.errors_total  # the new feed counts from zero
             self.driver = driver
             self.feed = NotificationFeed(driver, self._deliver, self.watch_id, on_gap=self._sequence_gap)
 
     @property
     def sensors(self) -> set[str]:
         return set(self.driver.sensors)
+
+    @property
+    def decode_errors(self) -> int:
+        """Frames the decoders rejected since this intake was made, over every connection and driver."""
+        return self._errors_before + self.feed.errors_total
 
     @property
     def dropped(self) -> int:
