@@ -377,7 +377,7 @@ class MqttPublisher:
     def publish_state(self, watch_id: str, payload: dict) -> None:
         """A watch's state (l2mu.agent.watch_state): retained, QoS 1, only the latest counts, so it bypasses
         the decisions' queue; one that changed while the broker was away goes out on the next connect."""
-        text = json.dumps(payload)
+        text = encode(payload)
         with self._states_lock:
             self._states[watch_id] = text
             if self._states_online:

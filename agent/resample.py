@@ -138,8 +138,7 @@ class SensorStream:
 
     @property
     def filtered(self) -> bool:
-        rate = self.rate_hz
-        return rate is not None and rate > FILTER_ABOVE * self.grid_rate_hz
+        return self.lookahead > 0.0  # the rule (rate above FILTER_ABOVE × grid) is applied once, with the rate
 
     @property
     def lookahead(self) -> float:
