@@ -49,6 +49,9 @@ class L2MUConfig:
     # would never fire and the LMU memory would be dead from the start.
     memory_threshold: float = 0.1
     dropout: float = 0.0  # on the input module's and h's spikes, training only
+    # Network steps per sample: each sample is held for this many steps, so a rate code over the
+    # window has that many times the levels (θ counts network steps: 40 × substeps spans 2 s).
+    substeps: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,7 +213,14 @@ class L2MU(nn.Module):
         return _heaviside(mem - thr), k + 1
 
     def step(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        """One time step. x_t [B, C] → (output spikes [B, n_classes], *new state)."""
+        """One sample. x_t [B, C] → (output spikes [B, n_classes] over its `substeps` network steps, *new state)."""
+        out, *new = self._substep(x_t, *state)
+        for _ in range(self.cfg.substeps - 1):
+            more, *new = self._substep(x_t, *new)
+            out = out + more
+        return (out, *new)
+
+    def _substep(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         new = list(state)
         spk_h_prev, spk_m_prev = new[-2], new[-1]
         batch = x_t.shape[0]
@@ -258,6 +268,8 @@ class L2MU(nn.Module):
         Returns counts [B, n_classes] and each population's spikes summed over time and
         averaged over neurons [B] (for firing-rate terms and reports)."""
         cfg = self.cfg
+        if cfg.substeps > 1:
+            x = x.repeat_interleave(cfg.substeps, dim=1)
         b, steps, _ = x.shape
         d, q = cfg.memory_size, cfg.order
         s = self._lif_run("inj", (x.unsqueeze(-1) * self.inj_gain + self.inj_bias).reshape(b, steps, -1))

@@ -25,7 +25,7 @@ import numpy as np
 
 from l2mu.agent.errors import RecordingError
 from l2mu.agent.events import Sample
-from l2mu.agent.pipeline import StreamAligner
+from l2mu.agent.pipeline import StreamAligner, valid_sample
 from l2mu.agent.recording import line_of, read_recording
 from l2mu.agent.settings import SENSOR_LIMITS
 from l2mu.model.timegrid import cut
@@ -78,12 +78,11 @@ def check_samples(path: Path, samples: Sequence[Sample], sensors: Iterable[str])
     last: dict[str, float] = {}
     labelled = False
     for i, s in enumerate(samples):
-        if not all(math.isfinite(v) for v in (s.t, *s.xyz)):
-            raise RecordingError(f"{path}:{line_of(i)}: value is not a finite number")
-        limit = SENSOR_LIMITS[s.sensor]
-        if any(abs(v) > limit for v in s.xyz):
-            raise RecordingError(f"{path}:{line_of(i)}: {s.sensor} value beyond ±{limit:.4g} (no watch reads "
-                                 f"that; wrong units?)")
+        if not valid_sample(s.sensor, s.t, s.xyz):  # the agent's rule, so training refuses what it would drop
+            if not all(math.isfinite(v) for v in (s.t, *s.xyz)):
+                raise RecordingError(f"{path}:{line_of(i)}: value is not a finite number")
+            raise RecordingError(f"{path}:{line_of(i)}: {s.sensor} value beyond ±{SENSOR_LIMITS[s.sensor]:.4g} "
+                                 f"(no watch reads that; wrong units?)")
         if s.t < last.get(s.sensor, -math.inf):
             raise RecordingError(f"{path}:{line_of(i)}: time goes backwards ({s.t:g} s after {last[s.sensor]:g} s "
                                  f"on the {s.sensor} clock)")

@@ -502,9 +502,19 @@ class VirtualAdapter:
         dev.chars.clear()
         dev.last_seen = time.monotonic()
 
-    async def _connect(self, msg: Message, dev: _Device) -> None:
+    async def _connect(self, msg: Message, dev: _Device, abort: tuple[str, str] | None = None) -> None:
+        """Answers Connect once the link is up or has failed. `abort` (error, text) plays BlueZ's
+        `le-connection-abort-by-local`: the link comes up and the controller drops it at once, so clients see
+        Connected go true and false again before the error. A Disconnect meanwhile cancels either with the
+        reply BlueZ gives, so the caller is always answered."""
         try:
-            if not dev.in_range:
+            if abort is not None:
+                await asyncio.sleep(self.connect_latency_s)
+                self._set(dev.path, DEVICE, {"Connected": _v("b", True)})
+                self._set(dev.path, DEVICE, {"Connected": _v("b", False)})
+                self.events.append(("Disconnected", dev.peripheral.address.upper(), abort[1]))
+                reply = Message.new_error(msg, *abort)
+            elif not dev.in_range:
                 await asyncio.sleep(self.connect_timeout_s)
                 reply = Message.new_error(msg, "org.bluez.Error.Failed", "le-connection-timeout")
             else:
@@ -516,18 +526,6 @@ class VirtualAdapter:
         finally:
             dev.connecting = None
         self._send(reply)
-
-    async def _abort_connect(self, msg: Message, dev: _Device, error: str, text: str) -> None:
-        """BlueZ's `le-connection-abort-by-local`: the link came up and the controller dropped it at once, so
-        clients see Connected go true and false again before the error."""
-        try:
-            await asyncio.sleep(self.connect_latency_s)
-            self._set(dev.path, DEVICE, {"Connected": _v("b", True)})
-            self._set(dev.path, DEVICE, {"Connected": _v("b", False)})
-            self.events.append(("Disconnected", dev.peripheral.address.upper(), text))
-        finally:
-            dev.connecting = None
-        self._send(Message.new_error(msg, error, text))
 
     # --- notifications -----------------------------------------------------------------------
 
@@ -725,7 +723,7 @@ class VirtualAdapter:
                 error, text = dev.connect_failures.pop(0)
                 if text != "le-connection-abort-by-local":
                     raise BluezError(error, text)
-                dev.connecting = self._spawn(self._abort_connect(msg, dev, error, text))
+                dev.connecting = self._spawn(self._connect(msg, dev, abort=(error, text)))
                 return True
             dev.connecting = self._spawn(self._connect(msg, dev))
             return True  # answered when the connection is up or has failed

@@ -462,3 +462,39 @@ def test_stale_connection_is_closed_before_connecting(protocol_run: ProtocolRun,
     assert members.index("Disconnect") < members.index("Connect")
     assert events[members.index("Disconnect") + 1] == ("Disconnected", "local")
     assert protocol_run.collected.got[STALE]
+
+
+def test_disconnect_during_an_aborted_connect_still_answers_the_connect(bluetooth: Bluetooth) -> None:
+    """A client that gives up on a Connect whose link BlueZ is about to abort must get its reply, not hang."""
+    from dbus_fast import BusType, Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    path = "/org/bluez/hci0/dev_" + BAND.replace(":", "_")
+
+    def call(bus: MessageBus, member: str):  # noqa: ANN202
+        return bus.call(Message(destination="org.bluez", path=path, interface="org.bluez.Device1", member=member))
+
+    async def connect_then_disconnect() -> Message:
+        bus = await MessageBus(bus_address=bluetooth.address, bus_type=BusType.SYSTEM).connect()
+        try:
+            # BlueZ exports a device once a discovery has seen it advertise.
+            await bus.call(Message(destination="org.bluez", path="/org/bluez/hci0", interface="org.bluez.Adapter1",
+                                   member="StartDiscovery"))
+            await asyncio.sleep(1.0)
+            connect = asyncio.ensure_future(call(bus, "Connect"))
+            await asyncio.sleep(0.3)
+            assert not connect.done(), connect.result().body
+            await call(bus, "Disconnect")
+            return await asyncio.wait_for(connect, 5.0)
+        finally:
+            bus.disconnect()
+
+    latency = bluetooth.control(lambda a: a.connect_latency_s)
+    bluetooth.control(lambda a: setattr(a, "connect_latency_s", 2.0))
+    bluetooth.control(lambda a: a.fail_connect(BAND, "org.bluez.Error.Failed", "le-connection-abort-by-local"))
+    try:
+        reply = asyncio.run(connect_then_disconnect())
+    finally:
+        bluetooth.control(lambda a: setattr(a, "connect_latency_s", latency))
+    assert reply.message_type == MessageType.ERROR
+    assert (reply.error_name, reply.body) == ("org.bluez.Error.Failed", ["Cancelled"])

@@ -69,10 +69,11 @@ def test_non_spiking_legendre_memory_reconstructs_the_delayed_input(theta_prime:
     assert np.abs(np.array(decoded)[100:] - f(t[100:] - 0.5 - theta_prime)).max() > 0.05
 
 
-@pytest.mark.parametrize("neuron", ["leaky", "synaptic"])
-def test_export_graph_equals_snntorch_modules_and_step_equals_forward(neuron: str) -> None:
+@pytest.mark.parametrize(("neuron", "substeps"), [("leaky", 1), ("synaptic", 1), ("leaky", 3)])
+def test_export_graph_equals_snntorch_modules_and_step_equals_forward(neuron: str, substeps: int) -> None:
     torch.manual_seed(1)
-    net = L2MU(L2MUConfig(neuron=neuron, input_hidden=24, hidden=24, memory_size=4, order=6)).eval()
+    net = L2MU(L2MUConfig(neuron=neuron, input_hidden=24, hidden=24, memory_size=4, order=6, substeps=substeps,
+                          theta=40.0 * substeps)).eval()
     x = torch.randn(5, 40, 6) * 1.5
     with torch.no_grad():
         counts = net(x)
@@ -87,6 +88,12 @@ def test_export_graph_equals_snntorch_modules_and_step_equals_forward(neuron: st
     torch.testing.assert_close(graph_counts, counts)
     torch.testing.assert_close(stepped, counts)
     assert len(state) == len(net.state_names())
+    if substeps > 1:  # each sample held for `substeps` network steps: the plain network on the repeated window
+        plain = L2MU(L2MUConfig(neuron=neuron, input_hidden=24, hidden=24, memory_size=4, order=6,
+                                theta=40.0 * substeps)).eval()
+        plain.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(plain(x.repeat_interleave(substeps, dim=1)), counts)
 
 
 def test_unknown_neuron_type_is_refused() -> None:
