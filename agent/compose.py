@@ -86,21 +86,25 @@ class AgentApp:
             where = f"{self.sink.address.host}:{self.sink.address.port}"
             self.notifier.status(f"connecting to {where}")
             self.sink.on_connection = lambda _up: self._report(where)  # STATUS= follows the broker
+            self.agent.describe = lambda: self._status_line(where)  # and READY=1 after a reload says the same
             self.sink.connect()
             self._report(where, ready=True)
 
     def _report(self, where: str, ready: bool = False) -> None:
         """READY=1 (once) or STATUS= with the broker's state now; paho's thread and this one both report."""
         with self._status_lock:
-            clf = self.agent.classifier  # the one running now: a reload may have swapped it
-            running = f"running: {len(self.sources)} watch(es), model {clf.meta.name} {clf.model_id}"
-            line = (f"{running}, broker {where}" if self.sink.connected.is_set()  # type: ignore[attr-defined]
-                    else f"{running}; broker {where} not reached, decisions are queued")
+            line = self._status_line(where)
             if ready:
                 self._ready = True
                 self.notifier.ready(line)
             elif self._ready:
                 self.notifier.status(line)
+
+    def _status_line(self, where: str) -> str:
+        clf = self.agent.classifier  # the one running now: a reload may have swapped it
+        running = f"running: {len(self.sources)} watch(es), model {clf.meta.name} {clf.model_id}"
+        return (f"{running}, broker {where}" if self.sink.connected.is_set()  # type: ignore[attr-defined]
+                else f"{running}; broker {where} not reached, decisions are queued")
 
     def run(self) -> None:
         """Serve until every watch ended, or SIGINT/SIGTERM."""

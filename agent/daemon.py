@@ -139,6 +139,14 @@ def build_scores_payload(payload: dict, decision) -> dict:  # noqa: ANN001
     return {**{k: payload[k] for k in keys}, "counts": [round(float(c), 4) for c in decision.counts]}
 
 
+def check_sensors(src: Source, clf: ExecuTorchClassifier) -> None:
+    """SourceError if `src` is known to lack a sensor the program needs (a live watch tells once connected)."""
+    missing = set(clf.meta.sensors) - src.sensors
+    if missing and src.sensors_known:
+        raise SourceError(f"{src.watch_id}: model {clf.meta.name} needs {', '.join(sorted(missing))}, "
+                          "which this source lacks")
+
+
 @dataclass
 class Agent:
     sources: list[Source]
@@ -158,6 +166,8 @@ class Agent:
     # running program's file.
     loader: Callable[[], ExecuTorchClassifier] | None = None
     on_swap: Callable[[ExecuTorchClassifier], None] | None = None  # after a successful swap (discovery configs)
+    # systemd's STATUS= line for the agent as it runs now (compose adds the broker's state); default: watches, model.
+    describe: Callable[[], str] | None = None
     swaps: int = 0
     failed_swaps: int = 0
     reload_requested: bool = False  # a SIGHUP arrived before `run` took the signal over: reload once it runs
@@ -171,13 +181,8 @@ class Agent:
     _tick_scheduled: bool = False
 
     def __post_init__(self) -> None:
-        meta = self.classifier.meta
         for src in self.sources:
-            missing = set(meta.sensors) - src.sensors
-            if missing and src.sensors_known:  # a live watch tells once connected
-                raise SourceError(
-                    f"{src.watch_id}: model {meta.name} needs {', '.join(sorted(missing))}, which this source lacks"
-                )
+            check_sensors(src, self.classifier)
             aligner, windower, smoother = self._pipeline(self.classifier)
             self.sessions.append(WatchSession(src, aligner, windower, smoother))
 
@@ -232,7 +237,7 @@ class Agent:
             self.failed_swaps += 1
             log.error("model reload failed, still running %s (%s): %s", old.meta.name, old.model_id,
                       " ".join(str(exc).split()))
-            self._ready_again(f"reload failed; model {old.meta.name} {old.model_id}")
+            self._ready_again("reload failed; ")
             return False
         loaded_ms = (time.monotonic() - began) * 1000
         self.tick()  # grid samples already waiting are the old model's
@@ -247,12 +252,14 @@ class Agent:
                  else "; windows in flight finish on the old one")
         if self.on_swap:
             self.on_swap(new)
-        self._ready_again(f"running: {len(self.sessions)} watch(es), model {new.meta.name} {new.model_id}")
+        self._ready_again()
         return True
 
-    def _ready_again(self, status: str) -> None:
+    def _ready_again(self, note: str = "") -> None:
         if self.notifier:
-            self.notifier.ready(status)
+            line = self.describe() if self.describe else \
+                f"running: {len(self.sessions)} watch(es), model {self.classifier.meta.name} {self.classifier.model_id}"
+            self.notifier.ready(note + line)
 
     def _models_for_watches(self, new: ExecuTorchClassifier) -> dict[int, ExecuTorchClassifier]:
         """id(session) → the program it will feed: `new`, or for a live watch without a sensor `new` needs, the
@@ -265,10 +272,7 @@ class Agent:
         for session in self.sessions:
             src = session.source
             if session.live_sensors is None:
-                missing = set(new.meta.sensors) - src.sensors
-                if missing and src.sensors_known:
-                    raise SourceError(f"{src.watch_id}: model {new.meta.name} needs {', '.join(sorted(missing))}, "
-                                      "which this source lacks")
+                check_sensors(src, new)
                 out[id(session)] = new
                 continue
             path = model_for_sensors(new.meta, new.path, session.live_sensors, src.watch_id)

@@ -67,6 +67,8 @@ class NotificationFeed:
                             self.watch_id, self.driver.name, exc)
             return 0
         gaps = getattr(self.driver, "gaps", 0)
+        if gaps < self._gaps_seen:  # the driver was reset for a new connection and counts from zero again
+            self._gaps_seen = 0
         if gaps > self._gaps_seen:
             self._gaps_seen = gaps
             if self.on_gap:

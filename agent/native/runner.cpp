@@ -76,7 +76,7 @@ struct BorrowedTensor {
 
 struct Runner::Impl {
   std::unique_ptr<Module> module;
-  std::vector<std::vector<float>> scratch;  // run_rows' gathered states, kept so a step allocates nothing
+  std::vector<std::vector<float>> scratch;  // run_rows' gathered states, kept so they are not reallocated each step
 };
 
 Runner::Runner(const std::string& path, const std::vector<std::string>& preload) : impl_(std::make_unique<Impl>()) {

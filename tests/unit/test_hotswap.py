@@ -187,3 +187,34 @@ def test_a_live_watch_without_gyro_gets_the_new_programs_acc_only_twin(
     agent.loader = lambda: ExecuTorchClassifier(resolve_model("hand8-acc-gyro"))
     assert agent.reload_model()
     assert session.classifier is not before and session.classifier.meta.name == "hand8-acc"
+
+
+class NotifyRecorder:
+    """What the agent tells systemd, as (kind, status) pairs."""
+
+    watchdog_s = None
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def ready(self, status: str) -> bool:
+        self.sent.append(("READY", status))
+        return True
+
+    def reloading(self, status: str) -> bool:
+        self.sent.append(("RELOADING", status))
+        return True
+
+
+def test_ready_after_a_reload_keeps_the_status_the_app_describes(recording: list[Sample], programs: dict) -> None:
+    """The broker's state (compose's line) must survive `systemctl reload`, successful or not."""
+    old, new = programs["hand8-acc-gyro"], programs["hand7-acc-gyro"]
+    notifier = NotifyRecorder()
+    loads = iter([lambda: new, lambda: ExecuTorchClassifier(Path("/nonexistent/model.pte"))])
+    agent = Agent([MemorySource(recording)], old, NullSink(), notifier=notifier,  # type: ignore[arg-type]
+                  loader=lambda: next(loads)(),
+                  describe=lambda: f"running: model {agent.classifier.meta.name}; broker b:1 not reached")
+    assert agent.reload_model() and not agent.reload_model()
+    readies = [status for kind, status in notifier.sent if kind == "READY"]
+    assert readies == ["running: model hand7-acc-gyro; broker b:1 not reached",
+                       "reload failed; running: model hand7-acc-gyro; broker b:1 not reached"]

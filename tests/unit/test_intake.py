@@ -94,3 +94,16 @@ def test_any_bytes_into_any_driver_never_escape_and_never_reverse_time(name: str
         times = [s.t for s in delivered if s.sensor == sensor]
         assert times == sorted(times)
     assert all(np.isfinite(s.xyz).all() for s in delivered)
+
+
+def test_a_gap_after_the_driver_was_reset_for_a_reconnect_is_still_reported(wisdm_root: Path) -> None:
+    packets, _ = wisdm_as_l2mu_packets(wisdm_root)
+    marked: list[str] = []
+    feed = NotificationFeed(L2muDriver(rate_hz=20.0), lambda s: None, "test", on_gap=marked.append)
+    for packet in packets[:10] + packets[13:20]:  # 3 packets lost on the first connection
+        feed.on_notification(L2MU_IMU_CHAR, packet, 1.0)
+    assert len(marked) == 2  # once per sensor
+    feed.driver.reset()  # a new connection: the driver's sequence count starts again
+    for packet in packets[30:35] + packets[36:40]:  # 1 lost: fewer than the first connection's 3
+        feed.on_notification(L2MU_IMU_CHAR, packet, 1.0)
+    assert feed.driver.gaps == 1 and len(marked) == 4
