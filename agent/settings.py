@@ -89,6 +89,9 @@ class Settings:
         values = dict(options)
         if values.get("watch") is None:
             values["watch"] = []
+        for f in dataclasses.fields(cls):  # the CLI's parsed values may arrive as text (typer gives ctx.params so)
+            if "Path" in str(f.type) and isinstance(values.get(f.name), str):
+                values[f.name] = Path(values[f.name])
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
