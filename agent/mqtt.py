@@ -277,6 +277,7 @@ class MqttPublisher:
         # Last acknowledgement, or hand-over with nothing in flight: how long the broker has kept us waiting.
         progress = time.monotonic()
         slow = False
+        resent = False  # after a reconnect paho sends again what was in flight: nothing new may overtake it
         while True:
             try:
                 event = self._events.get(timeout=1.0)
@@ -294,6 +295,7 @@ class MqttPublisher:
                 flushes.append(event[1])  # queued behind every earlier put, so empty then means delivered
             elif kind == "wake":
                 progress = time.monotonic()  # (re)connected: paho resends what is in flight, the clock restarts
+                resent = bool(inflight)
                 if event[1] is not None:  # it had been missing: say so once, here, where the queue's size is known
                     log.info("connected to MQTT broker %s:%d after %.0f s without it; delivering %d queued decisions",
                              self.address.host, self.address.port, progress - event[1], len(self.outbox))
@@ -320,7 +322,8 @@ class MqttPublisher:
                 log.warning("broker %s:%d has acknowledged nothing for %.0f s (slow broker or network); %d decisions "
                             "wait in the queue", self.address.host, self.address.port, self.slow_after_s,
                             len(self.outbox))
-            if len(inflight) < IN_FLIGHT and self.connected.is_set():
+            resent = resent and bool(inflight)
+            if len(inflight) < IN_FLIGHT and not resent and self.connected.is_set():
                 batch = self.outbox.take(IN_FLIGHT - len(inflight))
                 if batch and not inflight:
                     progress = time.monotonic()  # the broker's clock starts when something waits on it
