@@ -246,3 +246,12 @@ def test_a_broker_that_appears_with_an_untrusted_certificate_is_one_error_line(
     tls = [ln for ln in lines if "TLS with MQTT broker" in ln]
     assert len(tls) == 1 and tls[0].startswith(f"TLS with MQTT broker 127.0.0.1:{tls_port} failed ("), lines
     assert tls[0].endswith("); retrying")
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_drain_bench_delivers_a_late_brokers_backlog_in_order(on_disk: bool, tmp_path: Path) -> None:
+    from l2mu.agent.bench.drain import drain_once
+
+    row = drain_once(300, tmp_path / "queue" if on_disk else None)
+    assert (row["decisions"], row["missing"], row["in_order"]) == (300, 0, True), row
+    assert row["queue"] == ("disk" if on_disk else "memory") and row["drain_s"] > 0
