@@ -36,20 +36,26 @@ def _device(agent_id: str, watch_id: str, model: str) -> dict:
     }
 
 
-def watch_state_discovery(discovery_prefix: str, state_topic: str, status_topic: str, agent_id: str,
-                          watch_id: str, model: str) -> list[tuple[str, str]]:
-    """(config topic, JSON payload) for one watch's battery sensor and connectivity binary sensor."""
-    common = {
-        "state_topic": state_topic,
-        "json_attributes_topic": state_topic,  # state, since, reason, rssi, rate_hz, dropped_frames
+def _entity(topic: str, status_topic: str, agent_id: str, watch_id: str, model: str) -> dict:
+    """What every entity of one watch shares: it reads `topic` (its JSON also its attributes) and is available
+    while the agent's status topic says online."""
+    return {
+        "state_topic": topic,
+        "json_attributes_topic": topic,
         "availability_topic": status_topic,
         "payload_available": "online",
         "payload_not_available": "offline",
         "qos": 1,
-        "entity_category": "diagnostic",
         "device": _device(agent_id, watch_id, model),
         "origin": {"name": "l2mu-agent", "sw_version": _version()},
     }
+
+
+def watch_state_discovery(discovery_prefix: str, state_topic: str, status_topic: str, agent_id: str,
+                          watch_id: str, model: str) -> list[tuple[str, str]]:
+    """(config topic, JSON payload) for one watch's battery sensor and connectivity binary sensor."""
+    # Attributes: state, since, reason, rssi, rate_hz, dropped_frames.
+    common = {**_entity(state_topic, status_topic, agent_id, watch_id, model), "entity_category": "diagnostic"}
     battery_uid = topic_safe(f"l2mu_{agent_id}_{watch_id}_battery")
     battery = {
         "name": "Battery", "unique_id": battery_uid, **common,
@@ -71,21 +77,14 @@ def discovery_messages(discovery_prefix: str, activity_topic: str, status_topic:
                        watch_id: str, model: str, class_names: list[str]) -> tuple[str, str]:
     """(config topic, JSON payload) for one watch's activity sensor."""
     uid = unique_id(agent_id, watch_id)
+    # The whole decision (confidence, raw_activity, scores, seq, …) becomes the entity's attributes.
     config = {
         "name": "Activity",
         "unique_id": uid,
-        "state_topic": activity_topic,
+        **_entity(activity_topic, status_topic, agent_id, watch_id, model),
         "value_template": "{{ value_json.activity }}",
-        # The whole decision (confidence, raw_activity, scores, seq, …) becomes the entity's attributes.
-        "json_attributes_topic": activity_topic,
-        "availability_topic": status_topic,
-        "payload_available": "online",
-        "payload_not_available": "offline",
         "device_class": "enum",
         "options": list(class_names),
         "icon": "mdi:hand-back-right",
-        "qos": 1,
-        "device": _device(agent_id, watch_id, model),
-        "origin": {"name": "l2mu-agent", "sw_version": _version()},
     }
     return f"{discovery_prefix}/sensor/{uid}/config", json.dumps(config)

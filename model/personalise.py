@@ -21,7 +21,7 @@ from l2mu.agent.errors import RecordingError
 from l2mu.model.checkpoint import Checkpoint
 from l2mu.model.recordings import Segment, cut_windows, find_wearers, load_segments
 from l2mu.model.train import TrainConfig, train
-from l2mu.model.trainingdata import OTHER, ClassSet, TrainingData
+from l2mu.model.trainingdata import ClassSet, TrainingData, other_capped
 
 
 @dataclass
@@ -94,16 +94,8 @@ def fit_windows(segments: Sequence[Segment], cs: ClassSet, window: int, hop: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     w = cut_windows(segments, window, hop)
     y = cs.index(w.label)
-    if OTHER in cs.names:  # as in training: `other` no larger than a hand class on average
-        k = cs.names.index(OTHER)
-        other = np.flatnonzero(y == k)
-        rest = y[y != k]
-        per_class = int(np.bincount(rest).sum() / max(1, len(set(rest.tolist())))) if len(rest) else len(other)
-        if len(other) > per_class:
-            keep = np.ones(len(y), bool)
-            keep[rng.choice(other, len(other) - per_class, replace=False)] = False
-            return w.x[keep], y[keep]
-    return w.x, y
+    keep = other_capped(y, cs.names, rng)  # as in training
+    return w.x[keep], y[keep]
 
 
 def personalise(ckpt: Checkpoint, segments: Sequence[Segment], out: Path, cfg: PersonaliseConfig,

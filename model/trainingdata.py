@@ -73,15 +73,23 @@ def labelled_windows(
     acts = None if OTHER in classes else classes
     w = wisdm.load_windows(root, subjects, sensors, acts, hop=hop, window=window)
     y = labels_for(w.activity, classes)
-    keep = y >= 0
-    if OTHER in classes:
-        other = np.flatnonzero(y == classes.index(OTHER))
-        per_class = int(np.bincount(y[y != classes.index(OTHER)], minlength=len(classes) - 1).mean())
-        if len(other) > per_class:
-            gen = rng or np.random.default_rng(0)
-            drop = gen.choice(other, len(other) - per_class, replace=False)
-            keep[drop] = False
+    keep = other_capped(y, classes, rng or np.random.default_rng(0))
     return w.x[keep], y[keep], w.subject[keep]
+
+
+def other_capped(y: np.ndarray, classes: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """Which windows to keep: every labelled one, but `other` (everything that is not a hand activity, far more
+    of it in WISDM) subsampled to the average size of the classes present beside it."""
+    keep = y >= 0
+    if OTHER not in classes:
+        return keep
+    k = list(classes).index(OTHER)
+    other = np.flatnonzero(y == k)
+    rest = y[keep & (y != k)]
+    per_class = len(rest) // len(np.unique(rest)) if len(rest) else len(other)
+    if len(other) > per_class:
+        keep[rng.choice(other, len(other) - per_class, replace=False)] = False
+    return keep
 
 
 @dataclass

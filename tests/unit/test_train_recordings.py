@@ -116,3 +116,14 @@ def test_personalisation_refuses_labels_the_model_does_not_know_and_several_wear
     write_recording(tmp_path / "me" / "a.csv", rows)
     with pytest.raises(RecordingError, match="'cooking' is not one of tiny-test's classes"):
         wearer_segments([tmp_path / "me"], ckpt)
+
+
+def test_other_is_capped_to_the_average_present_class_alike_in_training_and_personalisation() -> None:
+    from l2mu.model.trainingdata import other_capped
+
+    classes = ("typing", "writing", "clapping", "other")
+    y = np.array([0] * 10 + [1] * 6 + [3] * 40 + [-1] * 3)  # clapping absent, three windows of no class
+    keep = other_capped(y, classes, np.random.default_rng(0))
+    assert np.bincount(y[keep]).tolist() == [10, 6, 0, 8]  # other: (10 + 6) // 2 present classes
+    assert not keep[y == -1].any()
+    assert other_capped(y[y != 3], classes, np.random.default_rng(0)).sum() == 16  # nothing to cap
