@@ -86,14 +86,15 @@ class AgentApp:
             where = f"{self.sink.address.host}:{self.sink.address.port}"
             self.notifier.status(f"connecting to {where}")
             self.sink.on_connection = lambda _up: self._report(where)  # STATUS= follows the broker
-            self.agent.describe = lambda: self._status_line(where)  # and READY=1 after a reload says the same
+            self.agent.ready_again = lambda note: self._report(where, ready=True, note=note)  # after a reload
             self.sink.connect()
             self._report(where, ready=True)
 
-    def _report(self, where: str, ready: bool = False) -> None:
-        """READY=1 (once) or STATUS= with the broker's state now; paho's thread and this one both report."""
+    def _report(self, where: str, ready: bool = False, note: str = "") -> None:
+        """READY=1 (at start and after each reload) or STATUS= with the broker's state now; paho's thread and
+        the agent's both report, under one lock, so an older line never overwrites a newer one."""
         with self._status_lock:
-            line = self._status_line(where)
+            line = note + self._status_line(where)
             if ready:
                 self._ready = True
                 self.notifier.ready(line)

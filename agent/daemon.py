@@ -166,8 +166,9 @@ class Agent:
     # running program's file.
     loader: Callable[[], ExecuTorchClassifier] | None = None
     on_swap: Callable[[ExecuTorchClassifier], None] | None = None  # after a successful swap (discovery configs)
-    # systemd's STATUS= line for the agent as it runs now (compose adds the broker's state); default: watches, model.
-    describe: Callable[[], str] | None = None
+    # Tells systemd the agent serves again after a reload, `note` first (compose: READY=1 with its own status
+    # line, the broker's state included); default: READY=1 naming the watches and the model.
+    ready_again: Callable[[str], None] | None = None
     swaps: int = 0
     failed_swaps: int = 0
     reload_requested: bool = False  # a SIGHUP arrived before `run` took the signal over: reload once it runs
@@ -256,10 +257,11 @@ class Agent:
         return True
 
     def _ready_again(self, note: str = "") -> None:
-        if self.notifier:
-            line = self.describe() if self.describe else \
-                f"running: {len(self.sessions)} watch(es), model {self.classifier.meta.name} {self.classifier.model_id}"
-            self.notifier.ready(note + line)
+        if self.ready_again:
+            self.ready_again(note)
+        elif self.notifier:
+            clf = self.classifier
+            self.notifier.ready(f"{note}running: {len(self.sessions)} watch(es), model {clf.meta.name} {clf.model_id}")
 
     def _models_for_watches(self, new: ExecuTorchClassifier) -> dict[int, ExecuTorchClassifier]:
         """id(session) → the program it will feed: `new`, or for a live watch without a sensor `new` needs, the

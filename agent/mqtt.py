@@ -1,9 +1,9 @@
 """MQTT publishing: decisions to <prefix>/activity/<watch>, availability to <prefix>/status/<agent>.
 
-Decisions go through an `Outbox` and are handed to paho by one sender thread, one batch at a
-time: the next batch only once the broker acknowledged the previous one. paho resends its own
-unacknowledged messages first after a reconnect, so holding the rest back keeps every watch's
-decisions in order across outages; messages queued while the broker is away wait in the outbox.
+Decisions go through an `Outbox` and are handed to paho by one sender thread, up to IN_FLIGHT not
+yet acknowledged at a time. paho resends its own unacknowledged messages after a reconnect; the
+sender hands over nothing new until those are acknowledged, which keeps every watch's decisions in
+order across outages; messages queued while the broker is away wait in the outbox.
 A broker that cannot be reached at start is no different: the agent runs, decisions queue, and a
 connector thread keeps trying (1 s doubling to 30 s) until it answers. Only what the user must fix
 (a bad URL, unreadable credentials or TLS files, a TLS handshake that fails) stops the start.
@@ -34,9 +34,10 @@ from l2mu.agent.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
-# Decisions in paho's hands at most (sent, not yet acknowledged); more would sit in paho's memory, out of the
-# outbox's reach. A sliding window: a decision goes out at once while fewer are in flight, instead of waiting for
-# the whole previous batch's acknowledgements (which doubled the sample → PUBACK tail at 64 watches).
+# Decisions handed to paho and not yet acknowledged, at most (paho itself puts 20 on the wire at a time and
+# keeps the rest in order); more would sit in paho's memory, out of the outbox's reach. A sliding window: a
+# decision goes to paho at once while fewer are out, instead of waiting for the whole previous batch's
+# acknowledgements (which doubled the sample → PUBACK tail at 64 watches).
 IN_FLIGHT = 100
 HA_STATUS = "status"
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
@@ -46,7 +47,8 @@ def acknowledge_now(client: mqtt.Client) -> None:
     """Send the TCP ACK for what the broker just sent at once, not after Linux's delayed-ACK timer (up to 40 ms).
     Brokers keep Nagle's algorithm on (mosquitto's `set_tcp_nodelay` is false by default), so of several PUBACKs
     due together the second waits for our ACK of the first: that put 40 ms on the p90 of sample → PUBACK at 64
-    watches. The option is not sticky; setting it flushes the pending ACK, so it is set after each PUBACK."""
+    watches. The option is not sticky; setting it flushes the pending ACK, so it is set after each PUBACK (paho
+    also calls on_publish after writing a QoS 0 message: one more cheap syscall then)."""
     sock = client.socket()
     if TCP_QUICKACK is not None and isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
@@ -236,6 +238,8 @@ class MqttPublisher:
         self.connected.clear()
         with self._states_lock:
             self._states_online = False
+        if was_connected:
+            self._events.put(("down",))  # the sender stops handing over until the next "wake"
         if was_connected and reason_code != 0:  # a refused CONNECT was already reported by _on_connect
             self._away_since = time.monotonic()
             log.warning("lost the broker at %s:%d (%s); retrying", self.address.host, self.address.port, reason_code)
@@ -277,6 +281,9 @@ class MqttPublisher:
         # Last acknowledgement, or hand-over with nothing in flight: how long the broker has kept us waiting.
         progress = time.monotonic()
         slow = False
+        # The sender's own view of the session, from the events in its queue: `connected` is set before paho
+        # resends what was in flight, so a hand-over decided by it could overtake those resends.
+        online = False
         resent = False  # after a reconnect paho sends again what was in flight: nothing new may overtake it
         while True:
             try:
@@ -293,7 +300,10 @@ class MqttPublisher:
                     log.error("could not queue a decision for %s: %s", event[1], exc)
             elif kind == "flush":
                 flushes.append(event[1])  # queued behind every earlier put, so empty then means delivered
+            elif kind == "down":
+                online = False
             elif kind == "wake":
+                online = True
                 progress = time.monotonic()  # (re)connected: paho resends what is in flight, the clock restarts
                 resent = bool(inflight)
                 if event[1] is not None:  # it had been missing: say so once, here, where the queue's size is known
@@ -302,28 +312,27 @@ class MqttPublisher:
             elif kind == "ack":
                 _, mid, reason_code, acked_at = event
                 entry_id = inflight.pop(mid, None)
-                if entry_id is None:
-                    continue  # status or discovery message
-                topic = topics.pop(mid)
-                progress = time.monotonic()
-                if slow:
-                    slow = False
-                    log.info("broker %s:%d acknowledges again", self.address.host, self.address.port)
-                # A refusal (ACL) is final: retrying would only block the queue behind it, so it counts as done.
-                if reason_code.is_failure and topic not in self._denied:
-                    self._denied.add(topic)
-                    log.error("broker denied publishing to %s (%s); check its ACL", topic, reason_code)
-                entry = self.outbox.unacked.get(entry_id)
-                self.outbox.ack(entry_id)
-                if self.on_delivered and entry is not None and not reason_code.is_failure:
-                    self.on_delivered(entry.topic, entry.payload, acked_at)
-            if inflight and not slow and self.connected.is_set() and time.monotonic() - progress > self.slow_after_s:
+                if entry_id is not None:  # else a status, state or discovery message
+                    topic = topics.pop(mid)
+                    progress = time.monotonic()
+                    if slow:
+                        slow = False
+                        log.info("broker %s:%d acknowledges again", self.address.host, self.address.port)
+                    # A refusal (ACL) is final: retrying would only block the queue behind it, so it counts as done.
+                    if reason_code.is_failure and topic not in self._denied:
+                        self._denied.add(topic)
+                        log.error("broker denied publishing to %s (%s); check its ACL", topic, reason_code)
+                    entry = self.outbox.unacked.get(entry_id)
+                    self.outbox.ack(entry_id)
+                    if self.on_delivered and entry is not None and not reason_code.is_failure:
+                        self.on_delivered(entry.topic, entry.payload, acked_at)
+            if inflight and not slow and online and time.monotonic() - progress > self.slow_after_s:
                 slow = True  # one line per episode; decisions keep queueing in the outbox meanwhile
                 log.warning("broker %s:%d has acknowledged nothing for %.0f s (slow broker or network); %d decisions "
                             "wait in the queue", self.address.host, self.address.port, self.slow_after_s,
                             len(self.outbox))
             resent = resent and bool(inflight)
-            if len(inflight) < IN_FLIGHT and not resent and self.connected.is_set():
+            if len(inflight) < IN_FLIGHT and not resent and online:
                 batch = self.outbox.take(IN_FLIGHT - len(inflight))
                 if batch and not inflight:
                     progress = time.monotonic()  # the broker's clock starts when something waits on it

@@ -1,4 +1,4 @@
-"""How fast a backlog reaches subscribers once a late broker appears, through the agent's own publisher.
+"""How fast a backlog is delivered (broker PUBACKs) once a late broker appears, via the agent's publisher.
 
 Not part of the test suite (tests/integration/test_mqtt_outage.py checks the behaviour: every decision, from seq 0,
 in order). For each backlog size and queue kind, the agent's `MqttPublisher` — with its `Outbox` in memory or in a

@@ -206,15 +206,20 @@ class NotifyRecorder:
         return True
 
 
-def test_ready_after_a_reload_keeps_the_status_the_app_describes(recording: list[Sample], programs: dict) -> None:
+@pytest.mark.parametrize("app_reports", [True, False])
+def test_ready_after_a_reload_comes_from_the_app_when_it_reports(recording: list[Sample], programs: dict,
+                                                                 app_reports: bool) -> None:
     """The broker's state (compose's line) must survive `systemctl reload`, successful or not."""
     old, new = programs["hand8-acc-gyro"], programs["hand7-acc-gyro"]
     notifier = NotifyRecorder()
     loads = iter([lambda: new, lambda: ExecuTorchClassifier(Path("/nonexistent/model.pte"))])
     agent = Agent([MemorySource(recording)], old, NullSink(), notifier=notifier,  # type: ignore[arg-type]
-                  loader=lambda: next(loads)(),
-                  describe=lambda: f"running: model {agent.classifier.meta.name}; broker b:1 not reached")
+                  loader=lambda: next(loads)())
+    if app_reports:
+        agent.ready_again = lambda note: notifier.ready(f"{note}running: model {agent.classifier.meta.name}; "
+                                                        "broker b:1 not reached")
     assert agent.reload_model() and not agent.reload_model()
     readies = [status for kind, status in notifier.sent if kind == "READY"]
-    assert readies == ["running: model hand7-acc-gyro; broker b:1 not reached",
-                       "reload failed; running: model hand7-acc-gyro; broker b:1 not reached"]
+    line = ("running: model hand7-acc-gyro; broker b:1 not reached" if app_reports
+            else f"running: 1 watch(es), model hand7-acc-gyro {new.model_id}")
+    assert readies == [line, "reload failed; " + line]

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from l2mu.agent.settings import MQTT_TABLE, TOP_LEVEL, ConfigError, environment_overrides, load_config, merge_options
+from l2mu.agent.settings import (
+    MQTT_TABLE,
+    TOP_LEVEL,
+    ConfigError,
+    Settings,
+    environment_overrides,
+    load_config,
+    merge_options,
+)
 from tests.support.settings import write
 
 
@@ -102,3 +110,10 @@ def test_live_watch_timings_come_from_the_file_and_reach_the_ble_options(tmp_pat
                       "stall_timeout": 1.5, "state_interval": 2.0}
     with pytest.raises(ConfigError, match="stall_timeout: must be at least 0.1, got 0"):
         load_config(write(tmp_path, "stall_timeout = 0\n"))
+
+
+def test_file_options_given_as_text_become_paths() -> None:
+    """typer hands `ctx.params` over as parsed by its click: paths may still be text there."""
+    s = Settings.from_options({"password_file": "/etc/l2mu-agent/pw", "queue_dir": "/var/lib/q", "model": "m.pte"})
+    assert s.password_file == Path("/etc/l2mu-agent/pw") and s.queue_dir == Path("/var/lib/q")
+    assert s.model == "m.pte"  # a model is a name or a path: it stays as given
