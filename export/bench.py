@@ -114,7 +114,8 @@ def _eager(files: BenchFiles) -> tuple[Callable, Callable, Callable, int]:
     from l2mu.model.checkpoint import load_checkpoint
 
     net = load_checkpoint(files.checkpoint).model.eval()
-    net.graph_mode = False  # the snnTorch modules, as trained
+    # snnTorch's own neuron modules, step by step: the paper's eager baseline (not the fast training path)
+    net.graph_mode, net.use_snntorch = False, True
 
     def window(x: np.ndarray) -> object:
         with torch.inference_mode():
