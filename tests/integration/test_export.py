@@ -107,6 +107,24 @@ def test_export_options_are_checked_before_work(tiny_checkpoint: Path, tmp_path:
         assert not (tmp_path / "x.pte").exists()
 
 
+def test_a_network_of_several_steps_per_sample_is_refused_in_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from l2mu.model.checkpoint import save_checkpoint
+    from l2mu.model.l2mu import L2MU
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    cfg = replace(ckpt.model.cfg, substeps=3, theta=ckpt.model.cfg.theta * 3)
+    net = L2MU(cfg)
+    net.load_state_dict(ckpt.model.state_dict())
+    save_checkpoint(tmp_path / "sub3.pt", net, ckpt.metadata)
+    proc = subprocess.run([*cli_command(), "export", "--checkpoint", str(tmp_path / "sub3.pt"),
+                           "--out", str(tmp_path / "x.pte")], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "3 steps per sample cannot be exported" in lines[0], proc.stderr
+    assert not (tmp_path / "x.pte").exists()
+
+
 def test_metadata_state_matches_what_step_takes(tiny_program: Path) -> None:
     meta = read_metadata(tiny_program)
     clf = ExecuTorchClassifier(tiny_program)
