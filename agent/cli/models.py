@@ -290,10 +290,6 @@ def export(
 
     ckpt = load_checkpoint(checkpoint)
     only_l2mu(ckpt, "export to an agent program")
-    if ckpt.model.cfg.substeps != 1:
-        # XNNPACK's partitioner refuses the repeated update (a spike both leaves and re-enters one partition).
-        raise UsageError(f"{checkpoint}: a network of {ckpt.model.cfg.substeps} steps per sample cannot be exported "
-                         "yet (MODEL.md, cross-subject protocol); it is for cross-validation only")
     with native_stderr_silenced():  # torch.export and the lowering passes warn about their own internals
         meta = export_program(ckpt, out)
         if onnx is not None:
