@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from l2mu.agent.daemon import Agent, DecisionSink, NullSink
+from l2mu.agent.daemon import Agent, DecisionSink, NullSink, running_status
 from l2mu.agent.echo import EchoSubscriber, RecentTruths
 from l2mu.agent.errors import SourceError, UsageError
 from l2mu.agent.runtime import ExecuTorchClassifier
@@ -102,8 +102,7 @@ class AgentApp:
                 self.notifier.status(line)
 
     def _status_line(self, where: str) -> str:
-        clf = self.agent.classifier  # the one running now: a reload may have swapped it
-        running = f"running: {len(self.sources)} watch(es), model {clf.meta.name} {clf.model_id}"
+        running = running_status(len(self.sources), self.agent.classifier)  # a reload may have swapped it
         return (f"{running}, broker {where}" if self.sink.connected.is_set()  # type: ignore[attr-defined]
                 else f"{running}; broker {where} not reached, decisions are queued")
 

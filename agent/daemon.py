@@ -139,6 +139,11 @@ def build_scores_payload(payload: dict, decision) -> dict:  # noqa: ANN001
     return {**{k: payload[k] for k in keys}, "counts": [round(float(c), 4) for c in decision.counts]}
 
 
+def running_status(watches: int, clf: ExecuTorchClassifier) -> str:
+    """systemd's STATUS= for a serving agent: how many watches, and which program (name and id)."""
+    return f"running: {watches} watch(es), model {clf.meta.name} {clf.model_id}"
+
+
 def check_sensors(src: Source, clf: ExecuTorchClassifier) -> None:
     """SourceError if `src` is known to lack a sensor the program needs (a live watch tells once connected)."""
     missing = set(clf.meta.sensors) - src.sensors
@@ -260,8 +265,7 @@ class Agent:
         if self.ready_again:
             self.ready_again(note)
         elif self.notifier:
-            clf = self.classifier
-            self.notifier.ready(f"{note}running: {len(self.sessions)} watch(es), model {clf.meta.name} {clf.model_id}")
+            self.notifier.ready(note + running_status(len(self.sessions), self.classifier))
 
     def _models_for_watches(self, new: ExecuTorchClassifier) -> dict[int, ExecuTorchClassifier]:
         """id(session) → the program it will feed: `new`, or for a live watch without a sensor `new` needs, the
