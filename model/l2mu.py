@@ -52,6 +52,9 @@ class L2MUConfig:
     # Network steps per sample: each sample is held for this many steps, so a rate code over the
     # window has that many times the levels (θ counts network steps: 40 × substeps spans 2 s).
     substeps: int = 1
+    # 2: each input neuron also weighs the previous sample through a one-sample synaptic delay, so
+    # it can answer a change of the value, not only its level (1: the paper's input module).
+    input_taps: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +111,7 @@ def _population(cfg: L2MUConfig, threshold: float) -> nn.Module:
 def _heaviside(x: Tensor) -> Tensor:
     """1 where x > 0 else 0, from ops XNNPACK runs natively (no comparison or cast), so a
     whole window lowers into one delegate: ceil(clamp(x, 0, 1)) is 1 for any x > 0."""
-    return torch.ceil(torch.clamp(x, 0.0, 1.0))
+    return torch.ceil(nn.functional.hardtanh(x, 0.0, 1.0))
 
 
 # Populations in the order their states appear in the flat state tuple.
@@ -125,6 +128,16 @@ class L2MU(nn.Module):
         # gain and bias per neuron, so the network itself decides how values become spikes.
         self.inj_gain = nn.Parameter(torch.randn(c, p) * 1.0)
         self.inj_bias = nn.Parameter(torch.rand(c, p) * 0.5)
+        if cfg.input_taps not in (1, 2):
+            raise ValueError(f"input_taps must be 1 or 2, not {cfg.input_taps}")
+        self.inj_gain_delayed = None
+        if cfg.input_taps == 2:
+            # Every second neuron of a channel starts as a differentiator (g·x_t − g·x_{t−1}): rate codes
+            # carry a value's level well and its change poorly, and left at zero the delayed synapse
+            # never learned to differentiate (measured on a fold).
+            delayed = torch.zeros(c, p)
+            delayed[:, 1::2] = -self.inj_gain.detach()[:, 1::2]
+            self.inj_gain_delayed = nn.Parameter(delayed)
         self.fc_in1 = nn.Linear(c * p, cfg.input_hidden)
         self.fc_in2 = nn.Linear(cfg.input_hidden, cfg.input_hidden)
         x_dim = cfg.input_hidden
@@ -167,13 +180,14 @@ class L2MU(nn.Module):
         """Flat names of the recurrent state tensors, in the order ``step`` takes and returns them."""
         kinds = ("syn", "mem") if self.cfg.neuron == "synaptic" else ("mem",)
         names = [f"{pop}.{kind}" for pop in POPULATIONS for kind in kinds]
-        # Previous spikes of the recurrent populations feed back into u and h.
-        return names + ["spk_h", "spk_m"]
+        # Previous spikes of the recurrent populations feed back into u and h; with a delayed input
+        # synapse, the current it delivers at the next sample.
+        return names + ["spk_h", "spk_m"] + (["inj.delayed"] if self.cfg.input_taps == 2 else [])
 
     def state_shapes(self, batch: int = 1) -> list[tuple[int, ...]]:
         sizes = self.population_sizes()
-        shapes = [(batch, sizes[name.split(".")[0]]) for name in self.state_names()[:-2]]
-        return shapes + [(batch, sizes["h"]), (batch, sizes["m"])]
+        # "pop.kind" parts are as wide as their population; spk_h and spk_m as h and m.
+        return [(batch, sizes[name.removeprefix("spk_").split(".")[0]]) for name in self.state_names()]
 
     def initial_state(self, batch: int = 1) -> list[Tensor]:
         device = self.inj_gain.device
@@ -212,19 +226,29 @@ class L2MU(nn.Module):
         state[k] = mem
         return _heaviside(mem - thr), k + 1
 
+    def _injection(self, x: Tensor) -> Tensor:
+        """Input currents [..., C·P] of the encoding-free module for samples x [..., C] (without the delayed tap)."""
+        return (x.unsqueeze(-1) * self.inj_gain + self.inj_bias).flatten(-2)
+
     def step(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         """One sample. x_t [B, C] → (output spikes [B, n_classes] over its `substeps` network steps, *new state)."""
-        out, *new = self._substep(x_t, *state)
+        cur = self._injection(x_t)
+        if self.inj_gain_delayed is not None:
+            *state, delayed = state
+            cur = cur + delayed
+        out, *new = self._substep(cur, *state)
         for _ in range(self.cfg.substeps - 1):
-            more, *new = self._substep(x_t, *new)
+            more, *new = self._substep(cur, *new)
             out = out + more
+        if self.inj_gain_delayed is not None:
+            new.append((x_t.unsqueeze(-1) * self.inj_gain_delayed).flatten(-2))
         return (out, *new)
 
-    def _substep(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+    def _substep(self, cur: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """One network step driven by the input currents cur [B, C·P]; state without the delayed tap."""
         new = list(state)
         spk_h_prev, spk_m_prev = new[-2], new[-1]
-        batch = x_t.shape[0]
-        cur = (x_t.unsqueeze(-1) * self.inj_gain + self.inj_bias).reshape(batch, -1)
+        batch = cur.shape[0]
         s, k = self._fire("inj", cur, new, 0)
         s, k = self._fire("in1", self.fc_in1(s), new, k)
         s_x, k = self._fire("in2", self.fc_in2(s), new, k)
@@ -268,11 +292,15 @@ class L2MU(nn.Module):
         Returns counts [B, n_classes] and each population's spikes summed over time and
         averaged over neurons [B] (for firing-rate terms and reports)."""
         cfg = self.cfg
+        cur = self._injection(x)
+        if self.inj_gain_delayed is not None:
+            delayed = (x[:, :-1].unsqueeze(-1) * self.inj_gain_delayed).flatten(-2)
+            cur = cur + torch.cat([torch.zeros_like(cur[:, :1]), delayed], 1)
         if cfg.substeps > 1:
-            x = x.repeat_interleave(cfg.substeps, dim=1)
-        b, steps, _ = x.shape
+            cur = cur.repeat_interleave(cfg.substeps, dim=1)
+        b, steps, _ = cur.shape
         d, q = cfg.memory_size, cfg.order
-        s = self._lif_run("inj", (x.unsqueeze(-1) * self.inj_gain + self.inj_bias).reshape(b, steps, -1))
+        s = self._lif_run("inj", cur)
         s = self._lif_run("in1", self.fc_in1(s))
         s_x = self.drop(self._lif_run("in2", self.fc_in2(s)))
         drive_u, drive_h = self.e_x(s_x), self.w_x(s_x)

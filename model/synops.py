@@ -60,17 +60,20 @@ def count_synops(model: L2MU, windows: np.ndarray, batch: int = 256) -> dict:
             h.remove()
         model.train(was_training)
         model.graph_mode, model.use_snntorch = graph_mode, use_snntorch
-    n, steps = len(windows), windows.shape[1]
-    sizes = model.population_sizes()
     cfg = model.cfg
+    # Network steps, not samples: each sample is held for `substeps` steps. Its input current is
+    # computed once per sample, one MAC per tap and input neuron.
+    n, samples = len(windows), windows.shape[1]
+    steps = samples * cfg.substeps
+    sizes = model.population_sizes()
     # What the same network would cost evaluated densely (every weight every step), for scale.
     dense_per_step = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    dense_per_step += cfg.memory_size * (cfg.order * cfg.order + cfg.order) + sizes["inj"]
+    dense_per_step += cfg.memory_size * (cfg.order * cfg.order + cfg.order)
     return {
         "synops_per_window": sum(synops.values()) / n,
         "synops_by_layer": {k: v / n for k, v in sorted(synops.items())},
-        "input_macs_per_window": steps * sizes["inj"],
-        "dense_macs_per_window": steps * dense_per_step,
+        "input_macs_per_window": samples * cfg.input_taps * sizes["inj"],
+        "dense_macs_per_window": steps * dense_per_step + samples * cfg.input_taps * sizes["inj"],
         "neuron_updates_per_window": steps * sum(sizes.values()),
         "spikes_per_window": {k: spikes[k] / n for k in sizes},
         "firing_rate": {k: spikes[k] / (n * steps * sizes[k]) for k in sizes},

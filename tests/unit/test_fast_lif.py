@@ -19,10 +19,13 @@ def _values_and_grads(net: L2MU, x: torch.Tensor, snntorch: bool) -> tuple[torch
                                                                               strict=True)]
 
 
-@pytest.mark.parametrize("neuron", ["leaky", "synaptic"])
-def test_fast_path_equals_snntorch_values_and_gradients(neuron: str) -> None:
+@pytest.mark.parametrize(("neuron", "input_taps"), [("leaky", 1), ("synaptic", 1), ("leaky", 2)])
+def test_fast_path_equals_snntorch_values_and_gradients(neuron: str, input_taps: int) -> None:
     torch.manual_seed(3)
-    net = L2MU(L2MUConfig(neuron=neuron, input_hidden=24, hidden=20, memory_size=4, order=4))
+    net = L2MU(L2MUConfig(neuron=neuron, input_hidden=24, hidden=20, memory_size=4, order=4, input_taps=input_taps))
+    if net.inj_gain_delayed is not None:
+        with torch.no_grad():  # away from its zero start, so the delayed synapse shapes the spikes
+            net.inj_gain_delayed.normal_()
     x = torch.randn(12, 30, 6) * 2
     ref_out, ref_grads = _values_and_grads(net, x, snntorch=True)
     fast_out, fast_grads = _values_and_grads(net, x, snntorch=False)
@@ -34,6 +37,8 @@ def test_fast_path_equals_snntorch_values_and_gradients(neuron: str) -> None:
                                    msg=lambda m, name=name: f"{name}: {m}")
     # The neuron parameters themselves (β, ϑ, α) must receive gradient, not only the synapses.
     assert any(g.abs().sum() > 0 for n, g in zip(names, fast_grads, strict=True) if n.endswith("threshold"))
+    if input_taps == 2:
+        assert fast_grads[names.index("inj_gain_delayed")].abs().sum() > 0
 
 
 @pytest.mark.parametrize("synaptic", [False, True])

@@ -39,3 +39,18 @@ def test_synops_count_spikes_times_existing_synapses() -> None:
     assert pruned["synops_by_layer"]["fc_out"] == pytest.approx(dense["spikes_per_window"]["h"] * out_fan / 2)
     assert pruned["synops_by_layer"]["w_x"] == pytest.approx(dense["synops_by_layer"]["w_x"])
     assert 0 < dense["firing_rate"]["m"] < 1
+
+
+def test_synops_rates_count_network_steps_and_input_macs_count_samples_and_taps() -> None:
+    torch.manual_seed(0)
+    cfg = L2MUConfig(hidden=16, input_hidden=16, n_classes=3, output_population=2, substeps=3, theta=120.0,
+                     input_taps=2)
+    model = L2MU(cfg).eval()
+    windows = np.random.default_rng(0).normal(0, 2, size=(4, 40, 6)).astype(np.float32)
+    cost = count_synops(model, windows)
+    sizes = model.population_sizes()
+    for pop in ("h", "out"):  # 40 samples, each held for 3 network steps
+        assert cost["firing_rate"][pop] == pytest.approx(cost["spikes_per_window"][pop] / (120 * sizes[pop]))
+    assert cost["neuron_updates_per_window"] == 120 * sum(sizes.values())
+    assert cost["input_macs_per_window"] == 40 * 2 * sizes["inj"]
+    assert 0 < cost["firing_rate"]["h"] < 1

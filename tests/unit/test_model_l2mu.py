@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -69,11 +71,16 @@ def test_non_spiking_legendre_memory_reconstructs_the_delayed_input(theta_prime:
     assert np.abs(np.array(decoded)[100:] - f(t[100:] - 0.5 - theta_prime)).max() > 0.05
 
 
-@pytest.mark.parametrize(("neuron", "substeps"), [("leaky", 1), ("synaptic", 1), ("leaky", 3)])
-def test_export_graph_equals_snntorch_modules_and_step_equals_forward(neuron: str, substeps: int) -> None:
+@pytest.mark.parametrize(("neuron", "substeps", "input_taps"),
+                         [("leaky", 1, 1), ("synaptic", 1, 1), ("leaky", 3, 1), ("leaky", 1, 2), ("synaptic", 3, 2)])
+def test_export_graph_equals_snntorch_modules_and_step_equals_forward(neuron: str, substeps: int,
+                                                                      input_taps: int) -> None:
     torch.manual_seed(1)
     net = L2MU(L2MUConfig(neuron=neuron, input_hidden=24, hidden=24, memory_size=4, order=6, substeps=substeps,
-                          theta=40.0 * substeps)).eval()
+                          theta=40.0 * substeps, input_taps=input_taps)).eval()
+    if net.inj_gain_delayed is not None:
+        with torch.no_grad():
+            net.inj_gain_delayed.normal_()
     x = torch.randn(5, 40, 6) * 1.5
     with torch.no_grad():
         counts = net(x)
@@ -88,12 +95,31 @@ def test_export_graph_equals_snntorch_modules_and_step_equals_forward(neuron: st
     torch.testing.assert_close(graph_counts, counts)
     torch.testing.assert_close(stepped, counts)
     assert len(state) == len(net.state_names())
-    if substeps > 1:  # each sample held for `substeps` network steps: the plain network on the repeated window
+    if substeps > 1 and input_taps == 1:  # each sample held for `substeps` steps: the plain network, repeated window
         plain = L2MU(L2MUConfig(neuron=neuron, input_hidden=24, hidden=24, memory_size=4, order=6,
                                 theta=40.0 * substeps)).eval()
         plain.load_state_dict(net.state_dict())
         with torch.no_grad():
             torch.testing.assert_close(plain(x.repeat_interleave(substeps, dim=1)), counts)
+
+
+def test_delayed_input_synapse_delivers_the_previous_sample_to_the_input_currents() -> None:
+    torch.manual_seed(2)
+    cfg = L2MUConfig(input_hidden=24, hidden=24, memory_size=4, order=6)
+    plain, tapped = L2MU(cfg).eval(), L2MU(replace(cfg, input_taps=2)).eval()
+    tapped.load_state_dict({**plain.state_dict(), "inj_gain_delayed": torch.zeros_like(plain.inj_gain)})
+    x = torch.randn(4, 40, 6) * 1.5
+    with torch.no_grad():
+        torch.testing.assert_close(tapped(x), plain(x), rtol=0, atol=0)  # delayed synapse at zero: the paper's module
+        tapped.inj_gain_delayed.copy_(-plain.inj_gain)
+        # g·x_t − g·x_{t−1} + b: a constant window drives every neuron by its bias alone after the first sample,
+        # which is what the plain network sees for a window of zeros after the first sample's own current.
+        constant = x[:, :1].expand(-1, 40, -1)
+        zeros_after_first = torch.cat([constant[:, :1], torch.zeros_like(constant[:, 1:])], 1)
+        assert not torch.equal(tapped(constant), plain(constant))
+        torch.testing.assert_close(tapped(constant), plain(zeros_after_first), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="input_taps"):
+        L2MU(replace(cfg, input_taps=3))
 
 
 def test_unknown_neuron_type_is_refused() -> None:
