@@ -162,7 +162,7 @@ class Agent:
     smoothing: str = DEFAULTS.smoothing
     smoothing_window: int = DEFAULTS.smoothing_window
     raw_scores: bool = DEFAULTS.raw_scores
-    # "step": the model advances on every sample (l2mu.agent.streaming); "window": `forward` on each
+    # "step": the model advances on every sample (l2mu.agent.streaming); "window": the `chunk` method over each
     # whole window. Both give the same decisions; step spreads the work evenly over the samples.
     inference: str = DEFAULTS.inference
     notifier: Notifier | None = None  # systemd's notify socket: WATCHDOG=1 while every watch makes progress

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from l2mu.model.metadata import ModelFileError, ModelMetadata, read_metadata, sha256_file
 
 DEFAULT_MODEL = "hand8-acc-gyro"
+# The program's method without inputs whose output is as long as the window it was made for (checked
+# against the metadata beside it).
+WINDOW_METHOD = "window"
 MODEL_ID_CHARS = 12  # hex digits of the program's SHA-256 in a decision's `model_id`
 
 
@@ -80,36 +84,43 @@ class Decision:
 
 
 class ExecuTorchClassifier:
-    """An exported program in the native runner: `forward` (one normalised window [T, C] → spike counts
-    per class) and `step` (normalised samples [B, C] and each chain's state → counts so far [B, K] and the
-    new state, for B independent chains in one call). A state is a list of arrays [B, n], one per part of
-    the metadata's `state` layout, the counts first. XNNPACK runs on the calling thread."""
+    """An exported program in the native runner: `chunk` (one chain through `chunk_samples` normalised
+    samples; `counts` runs a whole window [T, C] through it → spike counts per class) and `step` (normalised
+    samples [B, C] and each chain's state → counts so far [B, K] and the new state, for B independent chains
+    in one call). A state is a list of arrays [B, n], one per part of the metadata's `state` layout, the
+    counts first. XNNPACK runs on the calling thread."""
 
     def __init__(self, program_path: Path) -> None:
         self.path = Path(program_path)
         self.meta: ModelMetadata = read_metadata(self.path)
         if (not self.meta.state or self.meta.state[0].get("name") != "counts" or "offset" not in self.meta.state[0]
-                or self.meta.step_batch_max < 1):
-            raise ModelFileError(f"{self.path}: exported by an older l2mu-agent (its step method takes another "
-                                 "state); export it again with `l2mu-agent export`")
+                or self.meta.step_batch_max < 1 or self.meta.chunk_samples < 1
+                or self.meta.window_samples % self.meta.chunk_samples):
+            raise ModelFileError(f"{self.path}: exported by an older l2mu-agent (its methods take other "
+                                 "inputs); export it again with `l2mu-agent export`")
         # Tells two programs of the same name apart (a retrained or personalised model keeps its name): the
         # program's SHA-256, which the metadata records and read_metadata has just checked against the file.
         self.model_id = (self.meta.program_sha256 or sha256_file(self.path))[:MODEL_ID_CHARS]
         self.part_sizes = [int(part["size"]) for part in self.meta.state]
         self.n_channels = len(self.meta.channels)
         self.batch_max = self.meta.step_batch_max
+        self.chunk = self.meta.chunk_samples
         runtime = native_runner()
         try:
             with native_stderr_silenced():
-                # `step` is what the agent runs; `forward` (evaluation, the window path) is planned on first
-                # use: its 40 unrolled time steps are most of a loaded program's memory.
+                # `step` is what the agent runs; `chunk` (evaluation, the window path) is planned on first use:
+                # its unrolled time steps are most of a loaded program's memory.
                 self._runner = runtime.Runner(str(self.path), ["step"])
-                expected = {"forward": [[self.meta.window_samples, self.n_channels]],
+                expected = {"chunk": [[self.chunk, self.n_channels]] + [[1, n] for n in self.part_sizes],
                             "step": [[self.batch_max, n] for n in (self.n_channels, *self.part_sizes)]}
                 for method, sizes in expected.items():
                     if self._runner.input_sizes(method) != sizes:
                         raise ValueError(f"its {method} method takes {self._runner.input_sizes(method)}, "
                                          f"the metadata says {sizes}")
+                window = self._runner.output_sizes(WINDOW_METHOD)
+                if window != [[self.meta.window_samples]]:
+                    raise ValueError(f"it was made for windows of {window[0][0] if window else '?'} samples, "
+                                     f"the metadata says {self.meta.window_samples}")
                 self.step_batch(np.zeros((1, self.n_channels), np.float32), self.initial_state())
         except (RuntimeError, ValueError) as exc:  # RunnerError is a RuntimeError; every message is one line
             reason = " ".join(str(exc).split())
@@ -120,13 +131,15 @@ class ExecuTorchClassifier:
         return self.meta.name
 
     def counts(self, window: np.ndarray) -> np.ndarray:
-        if not self._runner.is_loaded("forward"):
+        """Spike counts per class [K] of one normalised window [T, C], from the zero state."""
+        if not self._runner.is_loaded("chunk"):
             try:
                 with native_stderr_silenced():
-                    self._runner.load_method("forward")
+                    self._runner.load_method("chunk")
             except RuntimeError as exc:
                 raise ModelFileError(f"{self.path}: ExecuTorch cannot load it ({' '.join(str(exc).split())})") from exc
-        return self._runner.run("forward", [np.ascontiguousarray(window, dtype=np.float32)])[0]
+        return counts_by_chunks(lambda inputs: self._runner.run("chunk", inputs),
+                                np.ascontiguousarray(window, dtype=np.float32), self.chunk, self.initial_state())
 
     def initial_state(self, batch: int = 1) -> list[np.ndarray]:
         """Zero states of `batch` chains: where every window's chain starts."""
@@ -164,6 +177,16 @@ class ExecuTorchClassifier:
 
     def decide(self, window: np.ndarray) -> Decision:
         return decision_from_counts(self.counts(window))
+
+
+def counts_by_chunks(run_chunk: Callable[[list], list], window: Any, chunk: int, state: list) -> Any:
+    """A window's counts [K] through a program's `chunk` method: `run_chunk([samples, *state])` → new state
+    (counts first), from `state` (one chain's zero state), `chunk` samples at a time (numpy or torch arrays)."""
+    if len(window) % chunk:
+        raise ValueError(f"a window of {len(window)} samples is not a whole number of {chunk}-sample chunks")
+    for start in range(0, len(window), chunk):
+        state = list(run_chunk([window[start : start + chunk], *state]))
+    return state[0][0]
 
 
 def decision_from_counts(counts: np.ndarray) -> Decision:

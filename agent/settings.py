@@ -64,7 +64,7 @@ class Settings:
     key_file: Path | None = None
     mqtt_protocol: str | None = None  # "5" or "3.1.1"; None: 5, or 3.1.1 for the embedded amqtt broker
     # Not options of `run`: the load bench and the tests set them.
-    inference: str = "step"  # "step": the model advances on every sample; "window": `forward` per window
+    inference: str = "step"  # "step": the model advances on every sample; "window": the `chunk` method over each window
     intake_queue: int = 1024  # samples per watch waiting for the pipeline: ~10 s of a 52 Hz acc + gyro watch
     intake_max_age_s: float = 1.0  # a sample older than this is useless to a decision published once a second
     slow_broker_s: float = 5.0  # a connected broker that acknowledged nothing for this long is reported as slow

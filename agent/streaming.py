@@ -5,7 +5,7 @@ forever would be a different model. Instead, exactly where `Windower` puts them,
 samples start every `hop` samples after a (re)start; each window in flight has its own chain of `step` states,
 reset to zero at its own start. Every sample advances every chain once (ceil(length / hop) steps
 per sample: 2 for the agent's 2 s windows every 1 s), and a chain that has taken `length` samples
-holds exactly the counts `forward` gives for that window — the same operations in the same order
+holds exactly the counts the window path (`chunk`) gives for that window — the same operations in the same order
 (tests/integration/test_streaming.py checks the agent's decisions on a real recording against the window path).
 
 Chains live in a `ChainPool`: one row of state per chain, for every watch that uses the model, so the

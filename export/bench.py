@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from l2mu.agent.runtime import counts_by_chunks
 from l2mu.model.metadata import ModelMetadata, read_metadata
 
 RUNTIMES = ("eager", "executorch_fp32", "executorch_native", "onnxruntime")
@@ -140,15 +141,17 @@ class PyBindingsProgram:
         meta = read_metadata(path)
         self._torch = torch
         self._sizes = [p["size"] for p in meta.state]
+        self._chunk = meta.chunk_samples
         with native_stderr_silenced():
             runtime = executorch_bindings()
             self._program = runtime._load_program(str(path),
                                                   program_verification=runtime.Verification.InternalConsistency)
-            self._forward = self._program.load_method("forward")
+            self._chunk_method = self._program.load_method("chunk")
             self._step = self._program.load_method("step")
 
     def counts(self, window: np.ndarray) -> np.ndarray:
-        return self._forward([self._torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))])[0].numpy()
+        x = self._torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
+        return counts_by_chunks(self._chunk_method, x, self._chunk, self.initial_state()).numpy()
 
     def initial_state(self) -> list:
         return [self._torch.zeros(1, n) for n in self._sizes]

@@ -36,6 +36,9 @@ class ModelMetadata:
     variant: dict = field(default_factory=dict)
     # The most chains one `step` call takes (its batch dimension); 0 in programs whose step took one sample.
     step_batch_max: int = 0
+    # Samples per call of the `chunk` method (a window is window_samples / chunk_samples calls); 0 in programs
+    # that ran a window as one unrolled `forward`.
+    chunk_samples: int = 0
     program_sha256: str = ""
     format_version: int = FORMAT_VERSION
 

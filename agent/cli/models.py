@@ -277,8 +277,8 @@ def export(
                                        "comparison with ONNX Runtime (`bench`).")
     ] = None,
 ) -> None:
-    """Export a checkpoint to an ExecuTorch program (XNNPACK) with `forward` (a window) and `step` (one sample
-    + state for each of a batch of chains) methods."""
+    """Export a checkpoint to an ExecuTorch program (XNNPACK) with `chunk` (one chain through a run of samples;
+    a window is a few calls) and `step` (one sample + state for each of a batch of chains) methods."""
     from l2mu.export.executorch_export import export_program
     from l2mu.model.checkpoint import load_checkpoint
 

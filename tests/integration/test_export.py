@@ -35,6 +35,7 @@ def test_metadata_beside_program_describes_the_model(tiny_program: Path) -> None
     assert [s["offset"] for s in meta["state"]] == ends[:-1]  # contiguous, in this order
     assert meta["variant"]["weights"] == "fp32"
     assert meta["step_batch_max"] == 256  # step takes a batch of chains: 1 … 256
+    assert meta["chunk_samples"] == TINY_WINDOW  # a one-step window fits one chunk call
 
 
 def test_both_methods_match_the_eager_network_on_real_windows(tiny_program: Path, tiny_checkpoint: Path,
@@ -44,15 +45,15 @@ def test_both_methods_match_the_eager_network_on_real_windows(tiny_program: Path
     x = real_windows(wisdm_root, clf.meta)
     with torch.no_grad():
         eager = ckpt.model(torch.from_numpy(x)).numpy()  # the snnTorch modules, not the export graph
-    forward = np.stack([clf.counts(w) for w in x])
+    chunks = np.stack([clf.counts(w) for w in x])
     step = np.stack([step_counts(clf, w) for w in x])
     assert eager.sum() > 0 and len(set(eager.argmax(1))) > 1  # spikes flow, and not to one class only
-    for pte in (forward, step):
+    for pte in (chunks, step):
         assert (pte.argmax(1) == eager.argmax(1)).mean() >= 0.995
         np.testing.assert_allclose(pte, eager, atol=1e-5)
 
 
-def test_step_applied_t_times_equals_forward_exactly(tiny_program: Path, wisdm_root: Path) -> None:
+def test_step_applied_t_times_equals_the_chunks_exactly(tiny_program: Path, wisdm_root: Path) -> None:
     clf = ExecuTorchClassifier(tiny_program)
     for window in real_windows(wisdm_root, clf.meta, n=30):
         np.testing.assert_array_equal(step_counts(clf, window), clf.counts(window))
@@ -64,10 +65,11 @@ def test_program_is_one_delegate_per_method_with_the_weights_stored_once(tiny_pr
 
     pte = deserialize_pte_binary(tiny_program.read_bytes())
     plans = {p.name: p for p in pte.program.execution_plan}
-    assert set(plans) == {"forward", "step"}
-    # forward: one delegate call and nothing else runs, no operator outside XNNPACK.
-    assert len(plans["forward"].delegates) == 1 and plans["forward"].delegates[0].id == "XnnpackBackend"
-    assert [op.name for op in plans["forward"].operators] == []
+    assert set(plans) == {"chunk", "step", "window"}  # window: a constant, the window the program was made for
+    assert plans["window"].delegates == [] and plans["window"].operators == []
+    # chunk: one delegate call and nothing else runs, no operator outside XNNPACK.
+    assert len(plans["chunk"].delegates) == 1 and plans["chunk"].delegates[0].id == "XnnpackBackend"
+    assert [op.name for op in plans["chunk"].operators] == []
     # step (dynamic batch): XNNPACK cannot reshape the memory population to [B, d, q] with B symbolic, so that
     # view runs between delegates as a primitive op of the runtime itself — no kernel library is needed.
     assert {d.id for d in plans["step"].delegates} == {"XnnpackBackend"}
@@ -109,21 +111,22 @@ def test_export_options_are_checked_before_work(tiny_checkpoint: Path, tmp_path:
 
 def test_a_network_of_several_steps_per_sample_exports_exactly(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """`substeps` > 1 (each sample held for several network steps) through the real export command: both
-    methods give the eager network's counts."""
+    methods give the eager network's counts, the window in two chunk calls."""
     from dataclasses import replace
 
     from l2mu.model.checkpoint import save_checkpoint
     from l2mu.model.l2mu import L2MU
 
     ckpt = load_checkpoint(tiny_checkpoint)
-    net = L2MU(replace(ckpt.model.cfg, substeps=2, theta=ckpt.model.cfg.theta * 2))
+    net = L2MU(replace(ckpt.model.cfg, substeps=5, theta=ckpt.model.cfg.theta * 5))
     net.load_state_dict(ckpt.model.state_dict())
     net.eval()
-    save_checkpoint(tmp_path / "sub2.pt", net, ckpt.metadata)
-    proc = subprocess.run([*cli_command(), "export", "--checkpoint", str(tmp_path / "sub2.pt"),
-                           "--out", str(tmp_path / "sub2.pte")], capture_output=True, text=True, timeout=600)
+    save_checkpoint(tmp_path / "sub5.pt", net, ckpt.metadata)
+    proc = subprocess.run([*cli_command(), "export", "--checkpoint", str(tmp_path / "sub5.pt"),
+                           "--out", str(tmp_path / "sub5.pte")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    clf = ExecuTorchClassifier(tmp_path / "sub2.pte")
+    clf = ExecuTorchClassifier(tmp_path / "sub5.pte")
+    assert clf.chunk == TINY_WINDOW // 2  # 5 samples × 5 steps: within the 40 steps a chunk unrolls
     rng = np.random.default_rng(0)
     for _ in range(3):
         x = (rng.standard_normal((TINY_WINDOW, 6)) * 1.5).astype(np.float32)

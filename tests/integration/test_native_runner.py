@@ -39,27 +39,32 @@ def test_runner_loads_every_method_with_its_bounds(classifier: ExecuTorchClassif
 
     runner = _runner.Runner(str(classifier.path))
     meta = classifier.meta
-    assert runner.method_names == ["forward", "step"]
-    assert runner.is_loaded("forward") and runner.is_loaded("step")  # no preload list: every method planned
+    assert runner.method_names == ["chunk", "step", "window"]
+    assert runner.is_loaded("chunk") and runner.is_loaded("step")  # no preload list: every method planned
     lazy = _runner.Runner(str(classifier.path), ["step"])
-    assert lazy.is_loaded("step") and not lazy.is_loaded("forward")
-    window = np.zeros((meta.window_samples, len(meta.channels)), np.float32)
-    np.testing.assert_array_equal(lazy.run("forward", [window])[0], runner.run("forward", [window])[0])
-    assert lazy.is_loaded("forward")  # planned on its first run
-    assert runner.input_sizes("forward") == [[meta.window_samples, len(meta.channels)]]
+    assert lazy.is_loaded("step") and not lazy.is_loaded("chunk")
+    chunk = [np.zeros((meta.chunk_samples, len(meta.channels)), np.float32),
+             *[np.zeros((1, p["size"]), np.float32) for p in meta.state]]
+    for got, want in zip(lazy.run("chunk", chunk), runner.run("chunk", chunk), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert lazy.is_loaded("chunk")  # planned on its first run
+    assert runner.input_sizes("window") == [] and runner.output_sizes("window") == [[meta.window_samples]]
+    np.testing.assert_array_equal(runner.run("window", [])[0], np.arange(meta.window_samples))
+    assert runner.input_sizes("chunk") == [[meta.chunk_samples, len(meta.channels)]] + [[1, p["size"]]
+                                                                                        for p in meta.state]
     assert runner.input_sizes("step") == [[256, len(meta.channels)]] + [[256, p["size"]] for p in meta.state]
     assert runner.output_sizes("step") == [[256, p["size"]] for p in meta.state]
-    with pytest.raises(_runner.RunnerError, match="no method 'backward' \\(it has: forward, step\\)"):
+    with pytest.raises(_runner.RunnerError, match="no method 'backward' \\(it has: chunk, step, window\\)"):
         runner.input_sizes("backward")
     with pytest.raises(_runner.RunnerError, match="does not fit"):  # more chains than the program's bound
         runner.run("step", [np.zeros((257, len(meta.channels)), np.float32),
                             *[np.zeros((257, p["size"]), np.float32) for p in meta.state]])
     with pytest.raises(TypeError):  # float64 is not silently copied: the binding reads float32 where it lies
-        runner.run("forward", [np.zeros((meta.window_samples, len(meta.channels)))])
+        runner.run("chunk", [np.zeros((meta.chunk_samples, len(meta.channels))), *chunk[1:]])
 
 
 @pytest.mark.parametrize("batch", [1, 2, 7, 64, 300])  # 300: more than one call's bound, split in two
-def test_batched_steps_give_every_chain_exactly_its_forward_counts(classifier: ExecuTorchClassifier,
+def test_batched_steps_give_every_chain_exactly_its_window_counts(classifier: ExecuTorchClassifier,
                                                                      wisdm_root: Path, batch: int) -> None:
     windows = real_windows(wisdm_root, classifier.meta, n=batch)
     windows = np.resize(windows, (batch, *windows.shape[1:]))  # real windows, repeated up to the batch
@@ -192,7 +197,7 @@ def watches(wisdm_root: Path) -> dict[str, list[Sample]]:
 
 
 def _decisions_alone(clf: ExecuTorchClassifier, watch_id: str, samples: list[Sample]) -> list[tuple]:
-    """The window path (forward on each whole window), one watch at a time: the reference."""
+    """The window path (the chunk method over each whole window), one watch at a time: the reference."""
     got: list[dict] = []
     agent = Agent([UnpacedSource(watch_id, samples)], clf, NullSink(), PERIOD_S,  # type: ignore[list-item]
                   on_decision=lambda p, _t: got.append(p), smoothing="none", inference="window")

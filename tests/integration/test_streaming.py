@@ -96,7 +96,9 @@ def test_program_from_an_older_export_is_refused(tiny_program: Path, tmp_path: P
     old = tmp_path / "old.pte"
     shutil.copy(tiny_program, old)
     meta = json.loads(tiny_program.with_suffix(".json").read_text())
-    meta["state"] = [{k: v for k, v in part.items() if k != "offset"} for part in meta["state"][1:]]  # as before
-    old.with_suffix(".json").write_text(json.dumps(meta))
-    with pytest.raises(ModelFileError, match="older l2mu-agent"):
-        ExecuTorchClassifier(old)
+    older = [{**meta, "state": [{k: v for k, v in part.items() if k != "offset"} for part in meta["state"][1:]]},
+             {k: v for k, v in meta.items() if k != "chunk_samples"}]  # a step of one sample; an unrolled forward
+    for before in older:
+        old.with_suffix(".json").write_text(json.dumps(before))
+        with pytest.raises(ModelFileError, match="older l2mu-agent"):
+            ExecuTorchClassifier(old)
