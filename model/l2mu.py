@@ -92,6 +92,7 @@ class LegendreMemory(nn.Module):
 
 
 SURROGATE_SLOPE = 25.0
+DIFFERENTIATOR_MAX_LOG_GAIN = float(np.log(30.0))
 
 
 def _population(cfg: L2MUConfig, threshold: float) -> nn.Module:
@@ -132,12 +133,26 @@ class L2MU(nn.Module):
             raise ValueError(f"input_taps must be 1 or 2, not {cfg.input_taps}")
         self.inj_gain_delayed = None
         if cfg.input_taps == 2:
-            # Every second neuron of a channel starts as a differentiator (g·x_t − g·x_{t−1}): rate codes
-            # carry a value's level well and its change poorly, and left at zero the delayed synapse
-            # never learned to differentiate (measured on a fold).
+            # Every second neuron of a channel starts as a rectifying differentiator, g·(x_t − x_{t−1}) from
+            # rest (no bias): it fires only while its channel moves by more than about ϑ/g per sample, whatever
+            # the watch's orientation, so its count grows with the movement's amplitude. Accelerometer windows
+            # move 0.05 (typing, writing) to 1 (dribbling) normalised units, gravity's level across wearers
+            # spans more: level-coding neurons of gain ~1 barely see the difference, hence gains spread
+            # log-uniformly over 1–30. (Left at zero, or as g·x_t − g·x_{t−1} + b with the level neurons' gains
+            # and biases, the delayed synapse moved nothing on a fold.)
+            odd = self.inj_gain[:, 1::2]
+            gain = torch.exp(torch.empty_like(odd).uniform_(0.0, DIFFERENTIATOR_MAX_LOG_GAIN)) * torch.sign(odd)
+            with torch.no_grad():
+                self.inj_gain[:, 1::2] = gain
+                self.inj_bias[:, 1::2] = 0.0
             delayed = torch.zeros(c, p)
-            delayed[:, 1::2] = -self.inj_gain.detach()[:, 1::2]
+            delayed[:, 1::2] = -gain
             self.inj_gain_delayed = nn.Parameter(delayed)
+            # Spreads a sample [.., C] over its channels' populations [.., C·P] as one linear map: the delayed
+            # current leaves `step` as state, and a reshape of a batch-dynamic tensor as a method's last op is
+            # one XNNPACK leaves outside its delegate (the agent's runner has no kernel for it).
+            spread = torch.kron(torch.eye(c), torch.ones(p, 1))
+            self.register_buffer("channel_spread", spread, persistent=False)
         self.fc_in1 = nn.Linear(c * p, cfg.input_hidden)
         self.fc_in2 = nn.Linear(cfg.input_hidden, cfg.input_hidden)
         x_dim = cfg.input_hidden
@@ -241,7 +256,7 @@ class L2MU(nn.Module):
             more, *new = self._substep(cur, *new)
             out = out + more
         if self.inj_gain_delayed is not None:
-            new.append((x_t.unsqueeze(-1) * self.inj_gain_delayed).flatten(-2))
+            new.append(nn.functional.linear(x_t, self.channel_spread) * self.inj_gain_delayed.flatten())
         return (out, *new)
 
     def _substep(self, cur: Tensor, *state: Tensor) -> tuple[Tensor, ...]:

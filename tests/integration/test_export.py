@@ -109,24 +109,29 @@ def test_export_options_are_checked_before_work(tiny_checkpoint: Path, tmp_path:
         assert not (tmp_path / "x.pte").exists()
 
 
-def test_a_network_of_several_steps_per_sample_exports_exactly(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """`substeps` > 1 (each sample held for several network steps) through the real export command: both
-    methods give the eager network's counts, the window in two chunk calls."""
+@pytest.mark.parametrize(("substeps", "input_taps", "chunk"), [(5, 1, TINY_WINDOW // 2), (1, 2, TINY_WINDOW)])
+def test_networks_of_several_steps_per_sample_or_a_delayed_input_synapse_export_exactly(
+        tiny_checkpoint: Path, tmp_path: Path, substeps: int, input_taps: int, chunk: int) -> None:
+    """`substeps` > 1 (each sample held for several network steps; the window in two chunk calls) and
+    `input_taps` = 2 (a delayed input synapse, whose current is carried as state) through the real export
+    command and the agent's own runner, which has no kernel outside XNNPACK: both methods give the eager
+    network's counts."""
     from dataclasses import replace
 
     from l2mu.model.checkpoint import save_checkpoint
     from l2mu.model.l2mu import L2MU
 
     ckpt = load_checkpoint(tiny_checkpoint)
-    net = L2MU(replace(ckpt.model.cfg, substeps=5, theta=ckpt.model.cfg.theta * 5))
-    net.load_state_dict(ckpt.model.state_dict())
+    net = L2MU(replace(ckpt.model.cfg, substeps=substeps, theta=ckpt.model.cfg.theta * substeps,
+                       input_taps=input_taps))
+    net.load_state_dict(ckpt.model.state_dict(), strict=input_taps == 1)
     net.eval()
-    save_checkpoint(tmp_path / "sub5.pt", net, ckpt.metadata)
-    proc = subprocess.run([*cli_command(), "export", "--checkpoint", str(tmp_path / "sub5.pt"),
-                           "--out", str(tmp_path / "sub5.pte")], capture_output=True, text=True, timeout=600)
+    save_checkpoint(tmp_path / "net.pt", net, ckpt.metadata)
+    proc = subprocess.run([*cli_command(), "export", "--checkpoint", str(tmp_path / "net.pt"),
+                           "--out", str(tmp_path / "net.pte")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    clf = ExecuTorchClassifier(tmp_path / "sub5.pte")
-    assert clf.chunk == TINY_WINDOW // 2  # 5 samples × 5 steps: within the 40 steps a chunk unrolls
+    clf = ExecuTorchClassifier(tmp_path / "net.pte")
+    assert clf.chunk == chunk  # 5 samples × 5 steps: within the 40 steps a chunk unrolls
     rng = np.random.default_rng(0)
     for _ in range(3):
         x = (rng.standard_normal((TINY_WINDOW, 6)) * 1.5).astype(np.float32)

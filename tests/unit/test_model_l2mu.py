@@ -122,6 +122,31 @@ def test_delayed_input_synapse_delivers_the_previous_sample_to_the_input_current
         L2MU(replace(cfg, input_taps=3))
 
 
+def test_differentiator_neurons_start_silent_at_any_level_and_count_movement_amplitude() -> None:
+    torch.manual_seed(3)
+    net = L2MU(L2MUConfig(n_channels=3, input_hidden=24, hidden=24, memory_size=4, order=6, input_taps=2)).eval()
+
+    def differentiator_spikes(x: torch.Tensor) -> torch.Tensor:
+        cur = net._injection(x)
+        cur = cur + torch.cat([torch.zeros_like(cur[:, :1]), (x[:, :-1].unsqueeze(-1) * net.inj_gain_delayed).flatten(-2)], 1)
+        with torch.no_grad():
+            spikes = net._lif_run("inj", cur)
+        return spikes.reshape(*spikes.shape[:2], 3, -1)[..., 1::2]
+
+    # A watch held still at any orientation: after the first sample (whose delayed tap is still at rest, so
+    # g·x_0 arrives once and discharges over up to ~20 steps at gain 30) the differentiators get no current.
+    still = torch.linspace(-3, 3, 7).reshape(7, 1, 1).expand(7, 60, 3).contiguous()
+    assert differentiator_spikes(still)[:, 1].sum() > 0
+    assert differentiator_spikes(still)[:, 30:].sum() == 0
+    levels = still[:, :40]
+    # Moving around those same levels: more amplitude, more differentiator spikes, at every level.
+    t = torch.arange(40.0).reshape(1, 40, 1)
+    counts = [differentiator_spikes(levels + a * torch.sin(2 * torch.pi * 3 * t / 20)).sum((1, 2, 3))
+              for a in (0.05, 0.2, 1.0)]
+    assert (counts[0] < counts[1]).all() and (counts[1] < counts[2]).all()
+    assert (net.inj_bias[:, 1::2] == 0).all() and net.inj_gain[:, 1::2].abs().max() > 5
+
+
 def test_unknown_neuron_type_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown neuron type"):
         L2MU(L2MUConfig(neuron="izhikevich"))
