@@ -128,7 +128,8 @@ def test_differentiator_neurons_start_silent_at_any_level_and_count_movement_amp
 
     def differentiator_spikes(x: torch.Tensor) -> torch.Tensor:
         cur = net._injection(x)
-        cur = cur + torch.cat([torch.zeros_like(cur[:, :1]), (x[:, :-1].unsqueeze(-1) * net.inj_gain_delayed).flatten(-2)], 1)
+        delayed = (x[:, :-1].unsqueeze(-1) * net.inj_gain_delayed).flatten(-2)
+        cur = cur + torch.cat([torch.zeros_like(cur[:, :1]), delayed], 1)
         with torch.no_grad():
             spikes = net._lif_run("inj", cur)
         return spikes.reshape(*spikes.shape[:2], 3, -1)[..., 1::2]
