@@ -245,6 +245,14 @@ class L2MU(nn.Module):
         """Input currents [..., C·P] of the encoding-free module for samples x [..., C] (without the delayed tap)."""
         return (x.unsqueeze(-1) * self.inj_gain + self.inj_bias).flatten(-2)
 
+    def window_input_currents(self, x: Tensor) -> Tensor:
+        """Input currents [B, T, C·P] for windows x [B, T, C] from rest, the delayed tap included."""
+        cur = self._injection(x)
+        if self.inj_gain_delayed is not None:
+            delayed = (x[:, :-1].unsqueeze(-1) * self.inj_gain_delayed).flatten(-2)
+            cur = cur + torch.cat([torch.zeros_like(cur[:, :1]), delayed], 1)
+        return cur
+
     def step(self, x_t: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
         """One sample. x_t [B, C] → (output spikes [B, n_classes] over its `substeps` network steps, *new state)."""
         cur = self._injection(x_t)
@@ -307,10 +315,7 @@ class L2MU(nn.Module):
         Returns counts [B, n_classes] and each population's spikes summed over time and
         averaged over neurons [B] (for firing-rate terms and reports)."""
         cfg = self.cfg
-        cur = self._injection(x)
-        if self.inj_gain_delayed is not None:
-            delayed = (x[:, :-1].unsqueeze(-1) * self.inj_gain_delayed).flatten(-2)
-            cur = cur + torch.cat([torch.zeros_like(cur[:, :1]), delayed], 1)
+        cur = self.window_input_currents(x)
         if cfg.substeps > 1:
             cur = cur.repeat_interleave(cfg.substeps, dim=1)
         b, steps, _ = cur.shape

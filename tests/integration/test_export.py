@@ -131,7 +131,7 @@ def test_networks_of_several_steps_per_sample_or_a_delayed_input_synapse_export_
                            "--out", str(tmp_path / "net.pte")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     clf = ExecuTorchClassifier(tmp_path / "net.pte")
-    assert clf.chunk == chunk  # 5 samples × 5 steps: within the 40 steps a chunk unrolls
+    assert clf.chunk == chunk  # with 5 steps per sample, 5 samples: within the 40 steps a chunk unrolls
     rng = np.random.default_rng(0)
     for _ in range(3):
         x = (rng.standard_normal((TINY_WINDOW, 6)) * 1.5).astype(np.float32)

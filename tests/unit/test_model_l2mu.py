@@ -127,11 +127,8 @@ def test_differentiator_neurons_start_silent_at_any_level_and_count_movement_amp
     net = L2MU(L2MUConfig(n_channels=3, input_hidden=24, hidden=24, memory_size=4, order=6, input_taps=2)).eval()
 
     def differentiator_spikes(x: torch.Tensor) -> torch.Tensor:
-        cur = net._injection(x)
-        delayed = (x[:, :-1].unsqueeze(-1) * net.inj_gain_delayed).flatten(-2)
-        cur = cur + torch.cat([torch.zeros_like(cur[:, :1]), delayed], 1)
         with torch.no_grad():
-            spikes = net._lif_run("inj", cur)
+            spikes = net._lif_run("inj", net.window_input_currents(x))
         return spikes.reshape(*spikes.shape[:2], 3, -1)[..., 1::2]
 
     # A watch held still at any orientation: after the first sample (whose delayed tap is still at rest, so
