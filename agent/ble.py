@@ -391,7 +391,11 @@ class BleSource:
         # while it was still connecting (BlueZ's le-connection-abort-by-local, which bleak retries itself), and
         # that must neither end nor outdate the connection it then makes.
         ours: list[int] = []
+        # No service cache: bleak keeps a device's services across connections and bleak-retry-connector checks
+        # them against objects BlueZ may not have finished removing after a link loss, so a reconnection would
+        # drive characteristics that are gone. Resolving them anew reads bleak's own copy of BlueZ's objects.
         client = await establish_connection(BleakClient, device, self.watch_id, max_attempts=2,
+                                            use_services_cache=False,
                                             disconnected_callback=lambda _c: ours and self._link_gone(ours[0]))
         self._generation += 1
         ours.append(self._generation)

@@ -27,7 +27,8 @@ Faults, for tests: `stop_bluez`/`start_bluez` (bluetoothd restarting: every conn
 dropped, `org.bluez` released, later owned again and the adapter announced), `set_powered`,
 `remove_adapter`/`add_adapter` (InterfacesRemoved/Added), `fail_connect` (the next Connects fail with
 a given error; `le-connection-abort-by-local` shows Connected going true and false first, as BlueZ
-does) and `stall_notifications` (the link stays up, notifications stop until it disconnects).
+does), `stall_notifications` (the link stays up, notifications stop until it disconnects) and
+`gatt_removal_delay_s` (a disconnection's GATT objects go that long after Connected turns false).
 
 A `Peripheral` is the firmware side: it declares services and answers writes, reads and
 subscriptions, and sends notifications through the `Link` it gets while connected.
@@ -168,6 +169,7 @@ class _Device:
     last_seen: float = 0.0
     connect_failures: list[tuple[str, str]] = field(default_factory=list)  # (error, text) for the next Connects
     stalled: bool = False  # connected, but its notifications no longer reach anyone (until it disconnects)
+    removing: asyncio.Task | None = None  # the last connection's GATT objects, going (gatt_removal_delay_s)
 
 
 def _v(signature: str, value: Any) -> Variant:
@@ -183,7 +185,8 @@ class VirtualAdapter:
 
     def __init__(self, bus: MessageBus, name: str = "hci0", address: str = "00:00:5E:00:53:01",
                  temporary_timeout_s: float = 30.0, connect_timeout_s: float = 2.0,
-                 advertising_interval_s: float = 0.25, connect_latency_s: float = 0.03) -> None:
+                 advertising_interval_s: float = 0.25, connect_latency_s: float = 0.03,
+                 gatt_removal_delay_s: float = 0.0) -> None:
         self.bus = bus
         self.path = f"/org/bluez/{name}"
         self.address = address
@@ -191,6 +194,9 @@ class VirtualAdapter:
         self.connect_timeout_s = connect_timeout_s
         self.advertising_interval_s = advertising_interval_s
         self.connect_latency_s = connect_latency_s
+        # A client reads a disconnection's signals one by one and acts on Connected=false before it has seen
+        # the GATT objects go; a delay here makes that ordinary race certain.
+        self.gatt_removal_delay_s = gatt_removal_delay_s
         # Calls that change a device's state, in order, for diagnostics: (member, address, caller).
         self.events: list[tuple[str, str, str]] = []
         self._objects: dict[str, dict[str, dict[str, Variant]]] = {}
@@ -496,11 +502,20 @@ class VirtualAdapter:
         dev.peripheral.on_disconnect()
         self._set(dev.path, DEVICE, {"ServicesResolved": _v("b", False)})
         self._set(dev.path, DEVICE, {"Connected": _v("b", False)})
-        for path in reversed(dev.gatt_paths):
-            self._remove_object(path)
+        going = list(reversed(dev.gatt_paths))
         dev.gatt_paths.clear()
         dev.chars.clear()
         dev.last_seen = time.monotonic()
+        if self.gatt_removal_delay_s > 0:
+            dev.removing = self._spawn(self._remove_later(going))
+        else:
+            for path in going:
+                self._remove_object(path)
+
+    async def _remove_later(self, paths: list[str]) -> None:
+        await asyncio.sleep(self.gatt_removal_delay_s)
+        for path in paths:
+            self._remove_object(path)
 
     async def _connect(self, msg: Message, dev: _Device, abort: tuple[str, str] | None = None) -> None:
         """Answers Connect once the link is up or has failed. `abort` (error, text) plays BlueZ's
@@ -519,6 +534,9 @@ class VirtualAdapter:
                 reply = Message.new_error(msg, "org.bluez.Error.Failed", "le-connection-timeout")
             else:
                 await asyncio.sleep(self.connect_latency_s)
+                if dev.removing is not None:  # BlueZ exports a connection's objects once the last one's are gone
+                    await dev.removing
+                    dev.removing = None
                 self._establish(dev)
                 reply = Message.new_method_return(msg)
         except asyncio.CancelledError:

@@ -205,9 +205,12 @@ def test_fault_link_drop_at_the_notification_feed(watch_faults: dict) -> None:
     assert_nothing_lost(r, watch_faults["msgs"], "wf")
 
 
-def test_fault_ble_link_drop(mosquitto, tiny_program: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("gatt_removal_delay_s", [0.0, 0.5], ids=["gatt-gone-at-once", "gatt-gone-late"])
+def test_fault_ble_link_drop(mosquitto, tiny_program: Path, gatt_removal_delay_s: float) -> None:  # noqa: ANN001
     """Over real D-Bus: `l2mu-agent run` (bleak) connected to two virtual watches of the virtual BlueZ; one watch's
-    radio link fails (supervision timeout) while it stays in range, so the agent reconnects to it."""
+    radio link fails (supervision timeout) while it stays in range, so the agent reconnects to it. Late: the
+    agent starts reconnecting before it has seen the old GATT objects go, and must not reuse them (bleak's
+    service cache would: StartNotify on an object that no longer exists)."""
     from l2mu.agent.sim.bluez import VirtualBluetooth
     from l2mu.agent.sim.dbus_daemon import PrivateBus
     from l2mu.agent.sim.watches import MotionTape, make_watch
@@ -229,7 +232,7 @@ def test_fault_ble_link_drop(mosquitto, tiny_program: Path) -> None:  # noqa: AN
                         got[a].append(json.loads(payload))
         assert until(), f"{ {a: len(v) for a, v in got.items()} }; log:\n" + "\n".join(agent.lines[-30:])
 
-    with PrivateBus() as bus, VirtualBluetooth(bus.address) as bluetooth:
+    with PrivateBus() as bus, VirtualBluetooth(bus.address, gatt_removal_delay_s=gatt_removal_delay_s) as bluetooth:
         bluetooth.call(lambda a: a.add(make_watch("l2mu", tape, drop, 4.0)))
         bluetooth.call(lambda a: a.add(make_watch("metawear", tape, stay, 4.0)))
         sub = Subscriber(mosquitto.port, "bl/activity/#")
