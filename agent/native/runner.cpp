@@ -2,13 +2,16 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <fstream>
+#include <map>
 #include <numeric>
 #include <sstream>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/threadpool/threadpool_guard.h>
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/core/hierarchical_allocator.h>
 #include <executorch/runtime/core/portable_type/tensor_impl.h>
 #include <executorch/runtime/platform/runtime.h>
 
@@ -74,7 +77,22 @@ struct BorrowedTensor {
 
 }  // namespace
 
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+// A method's memory-planned buffers. Module would hold them in zero-filled vectors, every page written and so
+// resident; `step` is planned for its largest batch of chains, and an agent with one watch runs one. Memory
+// from calloc is the kernel's untouched zero pages (for buffers above malloc's mmap threshold): only the rows
+// a call actually uses become resident.
+struct PlannedBuffers {
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> storage;
+  std::vector<et::Span<uint8_t>> spans;
+  std::unique_ptr<et::HierarchicalAllocator> allocator;
+};
+
 struct Runner::Impl {
+  std::map<std::string, PlannedBuffers> planned;  // before `module`, whose methods use them: destroyed after it
   std::unique_ptr<Module> module;
   std::vector<std::vector<float>> scratch;  // run_rows' gathered states, kept so they are not reallocated each step
 };
@@ -122,15 +140,30 @@ Runner::Runner(const std::string& path, const std::vector<std::string>& preload)
 void Runner::load_method(const std::string& name) {
   method(name);  // a one-line error for a method the program lacks
   if (impl_->module->is_method_loaded(name)) return;
+  auto meta = impl_->module->method_meta(name);
+  if (!meta.ok()) throw RunnerError("method '" + name + "' has no metadata (" + describe(meta.error()) + ")");
+  PlannedBuffers planned;
+  for (size_t i = 0; i < meta->num_memory_planned_buffers(); ++i) {
+    auto size = meta->memory_planned_buffer_size(i);
+    if (!size.ok()) throw RunnerError("method '" + name + "' has no size for its planned buffer " + std::to_string(i));
+    auto* bytes = static_cast<uint8_t*>(std::calloc(std::max<int64_t>(*size, 1), 1));
+    if (bytes == nullptr) throw RunnerError("method '" + name + "': no memory for its planned buffers");
+    planned.storage.emplace_back(bytes);
+    planned.spans.emplace_back(bytes, static_cast<size_t>(*size));
+  }
+  planned.allocator = std::make_unique<et::HierarchicalAllocator>(
+      et::Span<et::Span<uint8_t>>(planned.spans.data(), planned.spans.size()));
+  auto& kept = impl_->planned[name] = std::move(planned);
   et::Error err;
   {
     // XNNPACK takes its thread pool when a delegate is initialised; with this guard it gets none and
     // runs every operator on the calling thread. A step is microseconds of arithmetic: handing it to
     // pool threads costs more than it saves, and on a busy machine each hand-over waits for a core.
     ::executorch::extension::threadpool::NoThreadPoolGuard single_threaded;
-    err = impl_->module->load_method(name);
+    err = impl_->module->load_method(name, kept.allocator.get());
   }
   if (err != et::Error::Ok) {
+    impl_->planned.erase(name);
     throw RunnerError("method '" + name + "' cannot be loaded (" + describe(err) + ")");
   }
 }
