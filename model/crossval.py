@@ -78,6 +78,10 @@ def summarise(cfg: TrainConfig, folds: list[list[int]], reports: list[dict]) -> 
         at_rate[hz] = {m: mean_sd([r["validation"]["at_rate_hz"][hz][m] for r in reports])
                        for m in ("accuracy", "macro_f1")}
     subj_acc = [v["accuracy"] for v in by_subject.values()]
+    cost = {}
+    for key in ("synops_per_window", "macs_per_window"):  # fold reports from before the cost was counted lack it
+        if all(key in r["validation"].get("cost", {}) for r in reports):
+            cost[key] = mean_sd([r["validation"]["cost"][key] for r in reports])
     smoothing: dict[str, dict] = {}
     for i, fold in enumerate(folds):
         smoothing.update(smoothing_scores(cfg.out / f"fold{i}" / "checkpoint.pt", cfg.data, fold))
@@ -90,6 +94,7 @@ def summarise(cfg: TrainConfig, folds: list[list[int]], reports: list[dict]) -> 
         "subject_accuracy": {**mean_sd(subj_acc), "min": float(min(subj_acc)), "max": float(max(subj_acc))},
         "by_subject": dict(sorted(by_subject.items())),
         "firing_rate": rates,
+        "cost": cost,
         "at_rate_hz": at_rate,
         # Decision smoothing on the validation subjects' activities played back to back.
         "smoothing": summarise_smoothing(smoothing),

@@ -24,6 +24,7 @@ from l2mu.model.checkpoint import Checkpoint, save_checkpoint
 from l2mu.model.l2mu import L2MU, L2MUConfig
 from l2mu.model.metadata import ModelMetadata
 from l2mu.model.metrics import classification_report
+from l2mu.model.synops import compute_cost
 from l2mu.model.trainingdata import (  # noqa: F401 (labels_for, labelled_windows: imported from here too)
     CLASS_SETS,
     OTHER,
@@ -285,6 +286,9 @@ def train(cfg: TrainConfig, progress: bool = True, data: TrainingData | None = N
     if len(x_va):
         val["by_subject"] = scores_by_subject(y_va, pred_va, data.wearer_va, classes)
         val["firing_rate"] = firing_rates(model, x_va)
+        # What the recipe costs on the device, beside what it scores: SynOps for an L2MU, MACs for a baseline.
+        cost = compute_cost(model, x_va)
+        val["cost"] = {k: cost[k] for k in ("params", "synops_per_window", "macs_per_window") if k in cost}
         val["at_rate_hz"] = {}
         for rate in cfg.eval_rates_hz:
             raw = torch.from_numpy(((x_va * std) + mean).astype(np.float32))

@@ -50,6 +50,11 @@ def test_each_fold_trains_without_its_validation_subjects(wisdm_root: Path, tmp_
     assert set(summary["by_subject"]) == {str(s) for s in seen}
     assert 0 <= summary["accuracy"]["mean"] <= 1 and summary["accuracy"]["sd"] >= 0
     assert set(summary["firing_rate"]) == {"u", "m", "h", "out"}
+    # SynOps per validation window: each fold's own count, averaged.
+    synops = [json.loads((tmp_path / f"fold{i}" / "report.json").read_text())["validation"]["cost"]
+              ["synops_per_window"] for i in range(2)]
+    assert all(v > 0 for v in synops)
+    assert summary["cost"]["synops_per_window"]["mean"] == pytest.approx(sum(synops) / 2)
     assert set(summary["at_rate_hz"]) == {"10"}
     assert set(summary["smoothing"]) == {"majority", "hmm", "none"}
     assert all(0 <= v["accuracy"] <= 1 for v in summary["smoothing"].values())
